@@ -1,0 +1,133 @@
+"""BERT's input embedding: token + segment + position, LayerNorm, dropout
+(Devlin et al. 2019, section 3, Figure 2; google-research/bert
+`modeling.embedding_lookup` and `embedding_postprocessor`)."""
+
+import keras
+from keras import ops
+
+from kbert.layers.position_embedding import PositionEmbedding
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertEmbeddings(keras.layers.Layer):
+    """Sums token, segment and learned position embeddings, then LayerNorm and dropout.
+
+    Sublayers (their variables are the checkpoint names): `token_embedding`
+    (`keras.layers.Embedding`, `(vocab_size, hidden_size)`; the masked-LM head
+    ties its output projection to it), `segment_embedding`
+    (`(type_vocab_size, hidden_size)`), `position_embedding`
+    (`PositionEmbedding`, `(max_position_embeddings, hidden_size)`) and
+    `layer_norm` (float32, epsilon `layer_norm_eps`).
+
+    Args:
+        vocab_size: int, WordPiece vocabulary size.
+        hidden_size: int, embedding width.
+        max_position_embeddings: int, longest supported sequence.
+        type_vocab_size: int, number of segment ids (BERT: 2).
+        hidden_dropout_prob: float in [0, 1), dropout after the LayerNorm.
+        layer_norm_eps: float, LayerNorm epsilon (BERT: 1e-12).
+        initializer_range: float, stddev of the truncated-normal initializer.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        token_ids: int tensor `(batch_size, sequence_length)`, ids in
+            `[0, vocab_size)`.
+        segment_ids: int tensor `(batch_size, sequence_length)`, ids in
+            `[0, type_vocab_size)`.
+        training: bool, enables dropout.
+
+    Returns:
+        Tensor `(batch_size, sequence_length, hidden_size)` in the compute dtype.
+
+    Raises:
+        ValueError: a non-positive size, or a static sequence length above
+            `max_position_embeddings` (see `PositionEmbedding`).
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        hidden_size,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.1,
+        layer_norm_eps=1e-12,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for arg, value in (
+            ("vocab_size", vocab_size),
+            ("hidden_size", hidden_size),
+            ("type_vocab_size", type_vocab_size),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{arg}` must be a positive int; received {value!r}.")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+
+        def initializer():
+            return keras.initializers.TruncatedNormal(stddev=initializer_range)
+
+        self.token_embedding = keras.layers.Embedding(
+            vocab_size,
+            hidden_size,
+            embeddings_initializer=initializer(),
+            dtype=self.dtype_policy,
+            name="token_embedding",
+        )
+        self.segment_embedding = keras.layers.Embedding(
+            type_vocab_size,
+            hidden_size,
+            embeddings_initializer=initializer(),
+            dtype=self.dtype_policy,
+            name="segment_embedding",
+        )
+        self.position_embedding = PositionEmbedding(
+            max_position_embeddings,
+            initializer=initializer(),
+            dtype=self.dtype_policy,
+            name="position_embedding",
+        )
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_eps, dtype="float32", name="layer_norm"
+        )
+        self.dropout = keras.layers.Dropout(hidden_dropout_prob, dtype=self.dtype_policy)
+
+    def build(self, token_ids_shape, segment_ids_shape=None):
+        self.token_embedding.build(token_ids_shape)
+        self.segment_embedding.build(token_ids_shape)
+        embedded_shape = tuple(token_ids_shape) + (self.hidden_size,)
+        self.position_embedding.build(embedded_shape)
+        self.layer_norm.build(embedded_shape)
+        self.built = True
+
+    def call(self, token_ids, segment_ids, training=None):
+        tokens = self.token_embedding(token_ids)
+        x = tokens + self.segment_embedding(segment_ids)
+        x = x + self.position_embedding(tokens)
+        x = ops.cast(self.layer_norm(x), self.compute_dtype)
+        return self.dropout(x, training=training)
+
+    def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):
+        return tuple(token_ids_shape) + (self.hidden_size,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size,
+                "max_position_embeddings": self.max_position_embeddings,
+                "type_vocab_size": self.type_vocab_size,
+                "hidden_dropout_prob": self.hidden_dropout_prob,
+                "layer_norm_eps": self.layer_norm_eps,
+                "initializer_range": self.initializer_range,
+            }
+        )
+        return config

@@ -1,0 +1,127 @@
+"""BERT's masked-LM head (Devlin et al. 2019, section 3.1 "Task #1";
+google-research/bert `run_pretraining.get_masked_lm_output`)."""
+
+import keras
+from keras import ops
+
+from kbert.layers.activations import get_activation
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class MaskedLMHead(keras.layers.Layer):
+    """Predicts the original token at each masked position.
+
+    First gathers the `masked_lm_positions` from the sequence output (so the
+    costly vocabulary projection runs only on the `P` predicted positions, as
+    in original BERT), then Dense(hidden_size) + activation + LayerNorm, then
+    logits = x @ E^T + b with E the token-embedding matrix (tied weights) and b
+    a `(vocab_size,)` output bias. Logits are float32 in every dtype policy
+    (the layer has `autocast=False` and computes the projection in float32).
+
+    Args:
+        token_embedding: the `keras.layers.Embedding` whose matrix
+            `(vocab_size, hidden_size)` is the tied output projection.
+        hidden_act: str, activation of the transform ("gelu": exact GELU).
+        layer_norm_eps: float, LayerNorm epsilon (BERT: 1e-12).
+        kernel_initializer: initializer of the transform kernel
+            (default `TruncatedNormal(stddev=0.02)`).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        sequence_output: float tensor `(batch_size, sequence_length, hidden_size)`.
+        masked_lm_positions: int tensor `(batch_size, num_predictions)`,
+            indices into `sequence_length` (padded slots may hold 0).
+
+    Returns:
+        float32 logits `(batch_size, num_predictions, vocab_size)`.
+
+    Raises:
+        ValueError: `token_embedding` is not a Keras `Embedding`, or its width
+            differs from the sequence output's `hidden_size`.
+    """
+
+    def __init__(
+        self,
+        token_embedding,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        if not isinstance(token_embedding, keras.layers.Embedding):
+            raise ValueError(
+                "`token_embedding` must be a keras.layers.Embedding; received "
+                f"{type(token_embedding).__name__}."
+            )
+        self.token_embedding = token_embedding
+        self.hidden_act = hidden_act
+        self.activation = get_activation(hidden_act)
+        self.layer_norm_eps = layer_norm_eps
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.02)
+        )
+
+    def build(self, sequence_output_shape, masked_lm_positions_shape=None):
+        hidden_size = sequence_output_shape[-1]
+        if hidden_size != self.token_embedding.output_dim:
+            raise ValueError(
+                f"The sequence output width ({hidden_size}) must equal the "
+                f"token embedding width ({self.token_embedding.output_dim})."
+            )
+        if not self.token_embedding.built:
+            self.token_embedding.build((None, None))
+        self.transform = keras.layers.Dense(
+            hidden_size,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="transform",
+        )
+        self.transform.build((None, None, hidden_size))
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_eps, dtype="float32", name="layer_norm"
+        )
+        self.layer_norm.build((None, None, hidden_size))
+        self.output_bias = self.add_weight(
+            name="output_bias",
+            shape=(self.token_embedding.input_dim,),
+            initializer="zeros",
+            dtype="float32",
+        )
+        self.built = True
+
+    def call(self, sequence_output, masked_lm_positions):
+        positions = ops.cast(masked_lm_positions, "int32")
+        # [B, S, D] gathered at [B, P] -> [B, P, D]
+        x = ops.take_along_axis(
+            sequence_output, ops.expand_dims(positions, -1), axis=1
+        )
+        x = self.activation(self.transform(x))
+        x = ops.cast(self.layer_norm(x), "float32")
+        embeddings = ops.cast(self.token_embedding.embeddings, "float32")  # [V, D]
+        logits = ops.matmul(x, ops.transpose(embeddings))  # [B, P, V]
+        return logits + ops.cast(self.output_bias, "float32")
+
+    def compute_output_shape(self, sequence_output_shape, masked_lm_positions_shape):
+        return tuple(masked_lm_positions_shape) + (self.token_embedding.input_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "token_embedding": keras.layers.serialize(self.token_embedding),
+                "hidden_act": self.hidden_act,
+                "layer_norm_eps": self.layer_norm_eps,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["token_embedding"] = keras.layers.deserialize(config["token_embedding"])
+        return cls(**config)
