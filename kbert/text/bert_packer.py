@@ -1,0 +1,96 @@
+"""Packs one or two WordPiece segments into BERT's fixed-length inputs."""
+
+import keras
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertPacker(keras.layers.Layer):
+    """Builds `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` inputs of a fixed length.
+
+    Segments are first trimmed round-robin (one token at a time from each
+    segment that still has tokens, `tensorflow_text.RoundRobinTrimmer`) so
+    that they fit `sequence_length` with the special tokens, then combined
+    (`tensorflow_text.combine_segments`) and padded with `pad_id`
+    (`tensorflow_text.pad_model_inputs`). This matches google-research/bert
+    `create_pretraining_data.truncate_seq_pair` and `run_classifier`'s layout.
+
+    Args:
+        sequence_length: int, length of every packed row.
+        cls_id, sep_id, pad_id: int ids of `[CLS]`, `[SEP]`, `[PAD]`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: a `tf.RaggedTensor` of ids `(batch_size, None)` or a list/tuple
+            of one or two of them (segments A and B).
+
+    Returns:
+        dict of int32 `(batch_size, sequence_length)` tensors: `token_ids`,
+        `segment_ids` (0 for `[CLS]`, A and its `[SEP]`; 1 for B and its
+        `[SEP]`), `padding_mask` (1 real, 0 padding).
+
+    Raises:
+        ValueError: `sequence_length` too short for the special tokens, more
+            than two segments, or segments that are not ragged rank 2.
+    """
+
+    def __init__(self, sequence_length, cls_id, sep_id, pad_id=0, **kwargs):
+        kwargs.pop("dtype", None)
+        kwargs.setdefault("trainable", False)
+        super().__init__(dtype="int32", **kwargs)
+        if not isinstance(sequence_length, int) or sequence_length < 2:
+            raise ValueError(
+                f"`sequence_length` must be an int >= 2; received {sequence_length!r}."
+            )
+        self.sequence_length = sequence_length
+        self.cls_id = cls_id
+        self.sep_id = sep_id
+        self.pad_id = pad_id
+        self.built = True
+
+    def call(self, inputs):
+        segments = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if not 1 <= len(segments) <= 2:
+            raise ValueError(f"BertPacker takes one or two segments; received {len(segments)}.")
+        if self.sequence_length < len(segments) + 1:
+            raise ValueError(
+                f"sequence_length={self.sequence_length} leaves no room for "
+                f"{len(segments)} segments and their {len(segments) + 1} special tokens."
+            )
+        for i, segment in enumerate(segments):
+            if not isinstance(segment, tf.RaggedTensor) or segment.shape.rank != 2:
+                raise ValueError(
+                    f"Segment {i} must be a tf.RaggedTensor of shape (batch_size, None); "
+                    f"received {type(segment).__name__} of shape {getattr(segment, 'shape', None)}."
+                )
+        segments = [tf.cast(segment, tf.int32) for segment in segments]
+        budget = self.sequence_length - len(segments) - 1
+        segments = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
+        token_ids, segment_ids = tf_text.combine_segments(
+            segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id
+        )
+        token_ids, padding_mask = tf_text.pad_model_inputs(
+            token_ids, max_seq_length=self.sequence_length, pad_value=self.pad_id
+        )
+        segment_ids, _ = tf_text.pad_model_inputs(
+            segment_ids, max_seq_length=self.sequence_length, pad_value=0
+        )
+        return {
+            "token_ids": tf.cast(token_ids, tf.int32),
+            "segment_ids": tf.cast(segment_ids, tf.int32),
+            "padding_mask": tf.cast(padding_mask, tf.int32),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.update(
+            {
+                "sequence_length": self.sequence_length,
+                "cls_id": self.cls_id,
+                "sep_id": self.sep_id,
+                "pad_id": self.pad_id,
+            }
+        )
+        return config

@@ -1,0 +1,115 @@
+"""In-graph WordPiece tokenizer (tensorflow-text `FastBertTokenizer`)."""
+
+import keras
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from kbert.text.vocabulary import load_vocabulary
+
+# Longest word (in UTF-8 bytes) that WordPiece splits; longer words become
+# [UNK]. Google's BERT uses 100 characters; tensorflow-text counts bytes, so
+# the two agree on ASCII words.
+MAX_BYTES_PER_WORD = 100
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertTokenizer(keras.layers.Layer):
+    """Maps a batch of strings to WordPiece ids, in the TensorFlow graph.
+
+    Built on `tensorflow_text.FastBertTokenizer` (Song et al. 2021, "Fast
+    WordPiece Tokenization"), which reproduces BERT's BasicTokenizer +
+    WordpieceTokenizer (google-research/bert `tokenization.py`): split on
+    whitespace and punctuation, each CJK character its own word, greedy
+    longest-match-first WordPiece with `##` continuations, and words over 100
+    bytes mapped to `[UNK]`. With `lowercase=True` text is NFD-normalised,
+    accents are stripped and letters lower-cased (uncased BERT). The op is
+    also a TFLite custom op, so the same tokenizer can run on device.
+
+    No special tokens are added; `BertPacker` adds `[CLS]`/`[SEP]`.
+
+    Args:
+        vocabulary: str path of `vocab.txt` or a list of tokens (id = index).
+            Must contain `[PAD] [UNK] [CLS] [SEP] [MASK]`.
+        lowercase: bool, uncased model (True) or cased (False).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: tf.string tensor `(batch_size,)` (a scalar is treated as a
+            batch of one).
+
+    Returns:
+        `tf.RaggedTensor` of int32 ids, shape `(batch_size, None)`.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or invalid vocabulary (see
+            `load_vocabulary`).
+        TypeError: inputs are not strings.
+        ValueError: inputs of rank > 1.
+
+    Example:
+    >>> tokenizer = BertTokenizer("vocab.txt")  # doctest: +SKIP
+    >>> tokenizer(tf.constant(["naïve café"])).to_list()  # doctest: +SKIP
+    [[15743, 7668]]
+    """
+
+    def __init__(self, vocabulary, lowercase=True, **kwargs):
+        kwargs.setdefault("trainable", False)
+        kwargs.pop("dtype", None)
+        super().__init__(dtype="int32", **kwargs)
+        self.vocabulary = load_vocabulary(vocabulary)
+        self.lowercase = lowercase
+        self._token_to_id = {token: i for i, token in enumerate(self.vocabulary)}
+        self._fast_tokenizer = tf_text.FastBertTokenizer(
+            self.vocabulary,
+            token_out_type=tf.int32,
+            max_bytes_per_word=MAX_BYTES_PER_WORD,
+            unknown_token="[UNK]",
+            lower_case_nfd_strip_accents=lowercase,
+        )
+        self.built = True
+
+    @property
+    def vocab_size(self):
+        """int, number of tokens in the vocabulary."""
+        return len(self.vocabulary)
+
+    def token_to_id(self, token):
+        """Returns the id of `token`; raises KeyError naming it if absent."""
+        if token not in self._token_to_id:
+            raise KeyError(f"Token {token!r} is not in the vocabulary.")
+        return self._token_to_id[token]
+
+    def id_to_token(self, token_id):
+        """Returns the token with id `token_id`; raises IndexError if out of range."""
+        if not 0 <= int(token_id) < self.vocab_size:
+            raise IndexError(f"Id {token_id} is outside [0, {self.vocab_size}).")
+        return self.vocabulary[int(token_id)]
+
+    @property
+    def special_token_ids(self):
+        """dict of the ids of `pad`, `unk`, `cls`, `sep` and `mask` tokens."""
+        return {
+            name: self._token_to_id[f"[{name.upper()}]"]
+            for name in ("pad", "unk", "cls", "sep", "mask")
+        }
+
+    def call(self, inputs):
+        inputs = tf.convert_to_tensor(inputs)
+        if inputs.dtype != tf.string:
+            raise TypeError(
+                f"BertTokenizer expects tf.string inputs; received dtype {inputs.dtype.name}."
+            )
+        if inputs.shape.rank == 0:
+            inputs = tf.expand_dims(inputs, 0)
+        elif inputs.shape.rank is None or inputs.shape.rank > 1:
+            raise ValueError(
+                "BertTokenizer expects a batch of strings of shape (batch_size,); "
+                f"received shape {inputs.shape}."
+            )
+        return self._fast_tokenizer.tokenize(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.update({"vocabulary": self.vocabulary, "lowercase": self.lowercase})
+        return config
