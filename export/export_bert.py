@@ -1,0 +1,82 @@
+r"""Exports a pretrained kbert encoder as a TF Serving SavedModel and a TFLite file.
+
+Reads what `trainers.pretrain` wrote to --model_dir (encoder.keras,
+bert_config.json, vocab.txt, tokenizer_config.json), writes
+  OUTPUT_DIR/saved_model/bert/VERSION/   (TF Serving layout, text + id signatures)
+  OUTPUT_DIR/bert.tflite                 (id inputs, fixed sequence length)
+checks each against the Keras model (the SavedModel in a fresh process) and
+prints a prediction from each.
+
+Example:
+  python -m export.export_bert --model_dir=runs/demo --output_dir=runs/demo/export
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Folder written by trainers.pretrain.")
+flags.DEFINE_string("output_dir", None, "Where to write the artifacts.")
+flags.DEFINE_integer("sequence_length", 128, "Packed length of both exports.")
+flags.DEFINE_integer("version", 1, "TF Serving model version.")
+flags.DEFINE_list("texts", ["The quick brown fox jumps over the lazy dog.", "A function returns a value."], "Sample texts for the checks.")
+flags.DEFINE_float("atol", 1e-4, "Largest allowed abs difference from Keras.")
+flags.mark_flags_as_required(["model_dir", "output_dir"])
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kbert import models, serving, text
+
+    for name in ("encoder.keras", "bert_config.json", "vocab.txt"):
+        if not os.path.exists(os.path.join(FLAGS.model_dir, name)):
+            raise app.UsageError(f"{FLAGS.model_dir} has no {name}; run trainers.pretrain first.")
+    lowercase = True
+    tokenizer_config = os.path.join(FLAGS.model_dir, "tokenizer_config.json")
+    if os.path.exists(tokenizer_config):
+        with open(tokenizer_config) as f:
+            lowercase = json.load(f)["lowercase"]
+    vocab_path = os.path.join(FLAGS.model_dir, "vocab.txt")
+    tokenizer = text.BertTokenizer(vocab_path, lowercase=lowercase)
+    trained = keras.saving.load_model(os.path.join(FLAGS.model_dir, "encoder.keras"))
+    # Export in float32 whatever policy training used.
+    encoder = models.BertEncoder.from_bert_config(
+        os.path.join(FLAGS.model_dir, "bert_config.json"), dtype="float32"
+    )
+    encoder.set_weights(trained.get_weights())
+
+    base = os.path.join(FLAGS.output_dir, "saved_model", "bert")
+    path = serving.export_saved_model(
+        encoder, tokenizer, vocab_path, base, FLAGS.sequence_length, FLAGS.version
+    )
+    diff = serving.verify_saved_model(
+        path, encoder, tokenizer, FLAGS.texts, FLAGS.sequence_length, FLAGS.atol
+    )
+    print(f"SavedModel: {path} (max abs diff vs Keras, fresh process: {diff:.2e})")
+    result = serving.run_saved_model_in_fresh_process(path, FLAGS.texts)
+    for sentence, pooled in zip(FLAGS.texts, result["pooled_output"]):
+        print(f"  SavedModel pooled_output[:4] for {sentence!r}: {", ".join(f"{v:.4f}" for v in pooled[:4])}")
+
+    tflite_path = os.path.join(FLAGS.output_dir, "bert.tflite")
+    serving.export_tflite(encoder, tflite_path, FLAGS.sequence_length, batch_size=1)
+    special = tokenizer.special_token_ids
+    packer = text.BertPacker(FLAGS.sequence_length, special["cls"], special["sep"], special["pad"])
+    for sentence in FLAGS.texts:
+        features = {k: v.numpy() for k, v in packer(tokenizer(tf.constant([sentence]))).items()}
+        diff = serving.verify_tflite(tflite_path, encoder, features, FLAGS.atol)
+        pooled = serving.run_tflite(tflite_path, features)["pooled_output"][0]
+        print(
+            f"  TFLite pooled_output[:4] for {sentence!r}: {", ".join(f"{v:.4f}" for v in pooled[:4])} "
+            f"(max abs diff vs Keras: {diff:.2e})"
+        )
+    print(f"TFLite: {tflite_path} ({os.path.getsize(tflite_path) / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,25 @@
+"""Export for serving: SavedModel (TF Serving) and TFLite, each self-verifying."""
+
+from kbert.serving.saved_model import (
+    TEXT_SIGNATURE,
+    TOKEN_IDS_SIGNATURE,
+    WORDPIECES_SIGNATURE,
+    ExportVerificationError,
+    export_saved_model,
+    run_saved_model_in_fresh_process,
+    verify_saved_model,
+)
+from kbert.serving.tflite import export_tflite, run_tflite, verify_tflite
+
+__all__ = [
+    "TEXT_SIGNATURE",
+    "TOKEN_IDS_SIGNATURE",
+    "WORDPIECES_SIGNATURE",
+    "ExportVerificationError",
+    "export_saved_model",
+    "export_tflite",
+    "run_saved_model_in_fresh_process",
+    "run_tflite",
+    "verify_saved_model",
+    "verify_tflite",
+]

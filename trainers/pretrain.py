@@ -1,0 +1,169 @@
+r"""Pretrains BERT (masked LM + next sentence) with `model.fit` under a strategy.
+
+Resumable: run it again with the same flags after a kill and it continues
+from the newest checkpoint in `--model_dir`, at the same place in the data.
+
+Example (2 logical CPUs, MirroredStrategy, the offline default corpus):
+  python -m trainers.pretrain --model_dir=runs/demo --strategy=mirrored \
+      --num_cpu_devices=2 --train_steps=300
+Outputs in --model_dir: vocab.txt, bert_config.json, ckpt-* checkpoints,
+tokenizer_config.json, logs/ (TensorBoard), history.csv, summary.json,
+pretrainer.keras and encoder.keras at the end.
+"""
+
+import json
+import os
+import shutil
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, models).")
+flags.DEFINE_string("preset", "bert_tiny", "Architecture preset (kbert.models.PRESETS).")
+flags.DEFINE_string("bert_config_file", None, "bert_config.json; overrides --preset.")
+flags.DEFINE_string("vocab_file", None, "vocab.txt; default: learn one from the corpus.")
+flags.DEFINE_integer("vocab_size", 8000, "Target size when learning a vocabulary.")
+flags.DEFINE_bool("lowercase", True, "Uncased tokenization.")
+flags.DEFINE_list("corpus", None, "Corpus files/globs; default: CPython's pydoc topics.")
+flags.DEFINE_list("eval_corpus", None, "Held-out corpus for the final masked-LM accuracy.")
+flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).")
+flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
+flags.DEFINE_integer("global_batch_size", 32, "Examples per step, over all replicas.")
+flags.DEFINE_integer("sequence_length", 128, "Tokens per example.")
+flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions per example.")
+flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus with different NSP pairings.")
+flags.DEFINE_integer("train_steps", 300, "Total optimizer steps.")
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints; divides train_steps.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+flags.DEFINE_integer("warmup_steps", None, "Warmup steps (default 10% of train_steps).")
+flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
+flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.")
+flags.DEFINE_integer("seed", 12345, "Seed for data and initialisation.")
+flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+    del argv
+    if FLAGS.train_steps % FLAGS.checkpoint_every:
+        raise app.UsageError(
+            f"--checkpoint_every={FLAGS.checkpoint_every} must divide "
+            f"--train_steps={FLAGS.train_steps}."
+        )
+    # Strategies that configure devices must come before any other TF op.
+    import tensorflow as tf
+
+    from kbert.training import distribute
+
+    if FLAGS.num_cpu_devices:
+        distribute.split_cpu(FLAGS.num_cpu_devices)
+    strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+
+    import keras
+
+    from kbert import data, models, text, training
+
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+
+    corpus = FLAGS.corpus or [
+        data.write_default_corpus(os.path.join(FLAGS.model_dir, "default_corpus.txt"))
+    ]
+    vocab_path = os.path.join(FLAGS.model_dir, "vocab.txt")
+    if FLAGS.vocab_file:
+        if not os.path.exists(vocab_path):
+            shutil.copyfile(FLAGS.vocab_file, vocab_path)
+    elif not os.path.exists(vocab_path):
+        logging.info("Learning a %d-token vocabulary from %s", FLAGS.vocab_size, corpus)
+        lines = [s for doc in data.read_documents(corpus) for s in doc]
+        text.write_vocabulary(
+            text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=FLAGS.lowercase),
+            vocab_path,
+        )
+    tokenizer = text.BertTokenizer(vocab_path, lowercase=FLAGS.lowercase)
+    with open(os.path.join(FLAGS.model_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"lowercase": FLAGS.lowercase}, f)
+
+    config_path = os.path.join(FLAGS.model_dir, "bert_config.json")
+    if FLAGS.bert_config_file:
+        config = models.BertConfig.from_json_file(FLAGS.bert_config_file)
+    else:
+        config = models.preset_config(FLAGS.preset, vocab_size=tokenizer.vocab_size)
+    if config.vocab_size != tokenizer.vocab_size:
+        raise app.UsageError(
+            f"The model's vocab_size={config.vocab_size} differs from the "
+            f"{tokenizer.vocab_size} tokens of {vocab_path}."
+        )
+    config.to_json_file(config_path)
+
+    data_config = data.PretrainingDataConfig(
+        sequence_length=FLAGS.sequence_length,
+        max_predictions_per_seq=FLAGS.max_predictions_per_seq,
+        dupe_factor=FLAGS.dupe_factor,
+        seed=FLAGS.seed,
+    )
+    with strategy.scope():
+        encoder = models.BertEncoder.from_bert_config(config)
+        model = models.BertPretrainer(encoder)
+        optimizer = training.create_adamw(
+            FLAGS.learning_rate,
+            FLAGS.train_steps,
+            warmup_steps=FLAGS.warmup_steps,
+            weight_decay=FLAGS.weight_decay,
+        )
+        training.compile_pretrainer(model, optimizer, jit_compile=FLAGS.jit_compile)
+        checkpoint = training.TrainingCheckpoint(model, optimizer, FLAGS.model_dir)
+        start_step = checkpoint.restore_or_initialize()
+    logging.info(
+        "Strategy %s with %d replicas; starting at step %d of %d.",
+        type(strategy).__name__, strategy.num_replicas_in_sync, start_step, FLAGS.train_steps,
+    )
+    print(f"Starting at step {start_step} of {FLAGS.train_steps}.", flush=True)
+
+    dataset = data.build_pretraining_dataset(
+        corpus, tokenizer, data_config, FLAGS.global_batch_size, skip_batches=start_step
+    ).map(data.split_features_for_fit)
+    started = time.time()
+    if start_step < FLAGS.train_steps:
+        model.fit(
+            dataset,
+            initial_epoch=start_step // FLAGS.checkpoint_every,
+            epochs=FLAGS.train_steps // FLAGS.checkpoint_every,
+            steps_per_epoch=FLAGS.checkpoint_every,
+            callbacks=[
+                training.CheckpointCallback(checkpoint, FLAGS.checkpoint_every),
+                keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
+                keras.callbacks.CSVLogger(
+                    os.path.join(FLAGS.model_dir, "history.csv"), append=True
+                ),
+            ],
+            verbose=2,
+        )
+    elapsed = time.time() - started
+    model.save(os.path.join(FLAGS.model_dir, "pretrainer.keras"))
+    encoder.save(os.path.join(FLAGS.model_dir, "encoder.keras"))
+    summary = {
+        "final_step": int(optimizer.iterations.numpy()),
+        "start_step": start_step,
+        "train_seconds": round(elapsed, 1),
+    }
+    if FLAGS.eval_corpus:
+        eval_dataset = data.build_pretraining_dataset(
+            FLAGS.eval_corpus, tokenizer, data_config, FLAGS.global_batch_size,
+            repeat=False, shuffle=False,
+        )
+        summary.update(
+            training.evaluate_masked_lm(model, eval_dataset, max_batches=FLAGS.eval_batches)
+        )
+    with open(os.path.join(FLAGS.model_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
