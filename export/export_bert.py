@@ -26,6 +26,10 @@ flags.DEFINE_float("atol", 1e-4, "Largest allowed abs difference from Keras.")
 flags.mark_flags_as_required(["model_dir", "output_dir"])
 
 
+def _head(vector, n=4):
+    return "[" + ", ".join(f"{v:.4f}" for v in vector[:n]) + "]"
+
+
 def main(argv):
     del argv
     import keras
@@ -61,7 +65,7 @@ def main(argv):
     print(f"SavedModel: {path} (max abs diff vs Keras, fresh process: {diff:.2e})")
     result = serving.run_saved_model_in_fresh_process(path, FLAGS.texts)
     for sentence, pooled in zip(FLAGS.texts, result["pooled_output"]):
-        print(f"  SavedModel pooled_output[:4] for {sentence!r}: {", ".join(f"{v:.4f}" for v in pooled[:4])}")
+        print(f"  SavedModel pooled_output[:4] for {sentence!r}: {_head(pooled)}")
 
     tflite_path = os.path.join(FLAGS.output_dir, "bert.tflite")
     serving.export_tflite(encoder, tflite_path, FLAGS.sequence_length, batch_size=1)
@@ -72,7 +76,7 @@ def main(argv):
         diff = serving.verify_tflite(tflite_path, encoder, features, FLAGS.atol)
         pooled = serving.run_tflite(tflite_path, features)["pooled_output"][0]
         print(
-            f"  TFLite pooled_output[:4] for {sentence!r}: {", ".join(f"{v:.4f}" for v in pooled[:4])} "
+            f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)} "
             f"(max abs diff vs Keras: {diff:.2e})"
         )
     print(f"TFLite: {tflite_path} ({os.path.getsize(tflite_path) / 1e6:.1f} MB)")
