@@ -83,7 +83,7 @@ def write_default_corpus(path):
 
     The corpus is the CPython documentation that ships with every Python
     install (`pydoc_data.topics`, the text of the "Python Language Reference"
-    topics shown by `help()`): about 80 documents and 0.5 MB of real English
+    topics shown by `help()`): about 80 documents and 0.28 MB of real English
     prose. One document per topic; wrapped lines are joined into one
     paragraph per line; code examples (indented lines) are dropped.
     """

@@ -145,7 +145,9 @@ class BertEncoder(keras.Model):
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}
         config.update(self.bert_config.to_dict())
-        config["dtype"] = keras.dtype_policies.serialize(self.dtype_policy)
+        # The policy the layers were built with (a functional Model does not
+        # keep its `dtype` argument).
+        config["dtype"] = keras.dtype_policies.serialize(self.embeddings.dtype_policy)
         return config
 
     @classmethod
