@@ -114,7 +114,6 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.02)
         )
-        self.supports_masking = True
 
     def _dense(self, units, name):
         return keras.layers.Dense(
