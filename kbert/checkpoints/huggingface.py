@@ -168,9 +168,6 @@ def to_canonical(state_dict):
 def from_canonical(weights, with_prefix):
     """Converts a canonical dict to HF names/layouts (`BertForPreTraining` with prefix)."""
     out = {}
-    reverse = {}
-    for pattern, template, transpose in _ENCODER_RULES + _HEAD_RULES:
-        reverse[(pattern, template)] = transpose
     for name, value in weights.items():
         hf_name, transpose = _hf_name(name)
         if name.startswith("bert/") and with_prefix:

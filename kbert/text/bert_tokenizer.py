@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from kbert.text.normalization import normalize_text
 from kbert.text.vocabulary import load_vocabulary
 
 # Longest word (in UTF-8 bytes) that WordPiece splits; longer words become
@@ -21,9 +22,10 @@ class BertTokenizer(keras.layers.Layer):
     WordpieceTokenizer (google-research/bert `tokenization.py`): split on
     whitespace and punctuation, each CJK character its own word, greedy
     longest-match-first WordPiece with `##` continuations, and words over 100
-    bytes mapped to `[UNK]`. With `lowercase=True` text is NFD-normalised,
-    accents are stripped and letters lower-cased (uncased BERT). The op is
-    also a TFLite custom op, so the same tokenizer can run on device.
+    bytes mapped to `[UNK]`. Text is first cleaned and, with
+    `lowercase=True`, lower-cased, NFD-decomposed and stripped of accents by
+    `normalize_text` (as BERT and HuggingFace's `BertTokenizer` do; ids
+    match HF's `tokenizer.json` exactly on SST-2 and WikiText).
 
     No special tokens are added; `BertPacker` adds `[CLS]`/`[SEP]`.
 
@@ -59,12 +61,15 @@ class BertTokenizer(keras.layers.Layer):
         self.vocabulary = load_vocabulary(vocabulary)
         self.lowercase = lowercase
         self._token_to_id = {token: i for i, token in enumerate(self.vocabulary)}
+        # Normalisation runs as separate graph ops (see `normalize_text`), so
+        # the WordPiece op itself never lower-cases: its built-in lower-casing
+        # applies NFKC case folding, which original BERT does not.
         self._fast_tokenizer = tf_text.FastBertTokenizer(
             self.vocabulary,
             token_out_type=tf.int32,
             max_bytes_per_word=MAX_BYTES_PER_WORD,
             unknown_token="[UNK]",
-            lower_case_nfd_strip_accents=lowercase,
+            lower_case_nfd_strip_accents=False,
         )
         self.built = True
 
@@ -106,7 +111,7 @@ class BertTokenizer(keras.layers.Layer):
                 "BertTokenizer expects a batch of strings of shape (batch_size,); "
                 f"received shape {inputs.shape}."
             )
-        return self._fast_tokenizer.tokenize(inputs)
+        return self._fast_tokenizer.tokenize(normalize_text(inputs, self.lowercase))
 
     def get_config(self):
         config = super().get_config()

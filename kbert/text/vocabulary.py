@@ -74,8 +74,8 @@ def build_vocabulary(texts, vocab_size=8000, lowercase=True, min_count=2):
     Uses tensorflow-text's learner (`tensorflow_text.tools.wordpiece_vocab.
     bert_vocab_from_dataset`, the bottom-up WordPiece algorithm of the TF Text
     subword tutorial). Text is normalised exactly as `BertTokenizer` will see
-    it (NFD, accents stripped, lower-cased when `lowercase`), so every learned
-    token is reachable.
+    it (`kbert.text.normalization.normalize_text`), so every learned token is
+    reachable.
 
     Args:
         texts: a `tf.data.Dataset` of scalar tf.string, or an iterable of str.
@@ -102,8 +102,9 @@ def build_vocabulary(texts, vocab_size=8000, lowercase=True, min_count=2):
         if not any(t.strip() for t in texts):
             raise ValueError("Cannot build a vocabulary from an empty corpus.")
         texts = tf.data.Dataset.from_tensor_slices(tf.constant(texts, tf.string))
-    if lowercase:
-        texts = texts.map(normalize_uncased)
+    from kbert.text.normalization import normalize_text
+
+    texts = texts.map(lambda text: normalize_text(text, lowercase))
     vocabulary = bert_vocab_from_dataset.bert_vocab_from_dataset(
         texts.batch(1024).prefetch(2),
         vocab_size=vocab_size,
@@ -114,19 +115,3 @@ def build_vocabulary(texts, vocab_size=8000, lowercase=True, min_count=2):
     if len(vocabulary) <= len(SPECIAL_TOKENS):
         raise ValueError("The corpus produced no tokens; is it empty?")
     return vocabulary
-
-
-def normalize_uncased(text):
-    """Uncased BERT normalisation in the graph: NFD, strip accents (Mn), lower-case.
-
-    Args:
-        text: tf.string tensor of any shape.
-
-    Returns:
-        tf.string tensor of the same shape.
-    """
-    import tensorflow_text as tf_text
-
-    text = tf_text.normalize_utf8(text, "NFD")
-    text = tf.strings.regex_replace(text, r"\p{Mn}", "")
-    return tf.strings.lower(text, encoding="utf-8")

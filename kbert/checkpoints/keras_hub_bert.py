@@ -1,0 +1,156 @@
+"""keras-hub `BertBackbone` (+ `MaskedLMHead`) to and from the canonical layout.
+
+keras-hub keeps attention projections as `EinsumDense` kernels of shape
+`(hidden, heads, head_size)` (query/key/value) and `(heads, head_size,
+hidden)` (output); these are reshaped to and from Google's `(hidden, hidden)`.
+keras-hub's BERT always uses the tanh GELU (`gelu_approximate`) and
+LayerNorm epsilon 1e-12.
+"""
+
+import re
+
+import numpy as np
+
+from kbert.checkpoints.canonical import CheckpointMismatchError
+from kbert.models.bert_config import BertConfig
+
+_RULES = [
+    (r"token_embedding/embeddings", "bert/embeddings/word_embeddings"),
+    (r"segment_embedding/embeddings", "bert/embeddings/token_type_embeddings"),
+    (r"position_embedding/embeddings", "bert/embeddings/position_embeddings"),
+    (r"embeddings_layer_norm/(gamma|beta)", "bert/embeddings/LayerNorm/{0}"),
+    (r"transformer_layer_(\d+)/self_attention_layer/(query|key|value)/(kernel|bias)",
+     "bert/encoder/layer_{0}/attention/self/{1}/{2}"),
+    (r"transformer_layer_(\d+)/self_attention_layer/attention_output/(kernel|bias)",
+     "bert/encoder/layer_{0}/attention/output/dense/{1}"),
+    (r"transformer_layer_(\d+)/self_attention_layer_norm/(gamma|beta)",
+     "bert/encoder/layer_{0}/attention/output/LayerNorm/{1}"),
+    (r"transformer_layer_(\d+)/feedforward_intermediate_dense/(kernel|bias)",
+     "bert/encoder/layer_{0}/intermediate/dense/{1}"),
+    (r"transformer_layer_(\d+)/feedforward_output_dense/(kernel|bias)",
+     "bert/encoder/layer_{0}/output/dense/{1}"),
+    (r"transformer_layer_(\d+)/feedforward_layer_norm/(gamma|beta)",
+     "bert/encoder/layer_{0}/output/LayerNorm/{1}"),
+    (r"pooled_dense/(kernel|bias)", "bert/pooler/dense/{0}"),
+]
+_HEAD_RULES = [
+    (r"intermediate_dense/(kernel|bias)", "cls/predictions/transform/dense/{0}"),
+    (r"intermediate_layer_norm/(gamma|beta)", "cls/predictions/transform/LayerNorm/{0}"),
+    (r"output_bias", "cls/predictions/output_bias"),
+]
+
+
+def _variable_map(layer, rules):
+    """Maps canonical names to `layer`'s variables (matched on the end of their paths)."""
+    out, unknown = {}, []
+    for variable in layer.weights:
+        path = variable.path
+        for pattern, template in rules:
+            match = re.search(r"(?:^|/)" + pattern + r"$", path)
+            if match:
+                out[template.format(*match.groups())] = variable
+                break
+        else:
+            unknown.append(path)
+    return out, unknown
+
+
+def config_from_backbone(backbone, hidden_act="gelu_approximate"):
+    """The `BertConfig` of a keras-hub `BertBackbone` (hidden_act: keras-hub's tanh GELU)."""
+    return BertConfig(
+        vocab_size=backbone.vocabulary_size,
+        hidden_size=backbone.hidden_dim,
+        num_hidden_layers=backbone.num_layers,
+        num_attention_heads=backbone.num_heads,
+        intermediate_size=backbone.intermediate_dim,
+        hidden_act=hidden_act,
+        hidden_dropout_prob=backbone.dropout,
+        attention_probs_dropout_prob=backbone.dropout,
+        max_position_embeddings=backbone.max_sequence_length,
+        type_vocab_size=backbone.num_segments,
+        layer_norm_eps=1e-12,
+    )
+
+
+def to_canonical(backbone, masked_lm_head=None):
+    """Reads a keras-hub `BertBackbone` (and optional `MaskedLMHead`) as a canonical dict.
+
+    Raises:
+        CheckpointMismatchError: variables the map does not know (listed).
+    """
+    variables, unknown = _variable_map(backbone, _RULES)
+    if masked_lm_head is not None:
+        head, head_unknown = _variable_map(masked_lm_head, _HEAD_RULES + _RULES[:1])
+        variables.update({k: v for k, v in head.items() if k.startswith("cls/")})
+        unknown += head_unknown
+    if unknown:
+        raise CheckpointMismatchError(f"Unrecognised keras-hub variables: {sorted(set(unknown))}")
+    hidden = backbone.hidden_dim
+    out = {}
+    for name, variable in variables.items():
+        value = np.asarray(variable.numpy(), np.float32)
+        if name.endswith(("self/query/kernel", "self/key/kernel", "self/value/kernel")):
+            value = value.reshape(hidden, hidden)  # [H, N, Hd] -> [H, N*Hd]
+        elif name.endswith(("self/query/bias", "self/key/bias", "self/value/bias")):
+            value = value.reshape(hidden)  # [N, Hd] -> [N*Hd]
+        elif name.endswith("attention/output/dense/kernel"):
+            value = value.reshape(hidden, hidden)  # [N, Hd, H] -> [N*Hd, H]
+        out[name] = value
+    return out
+
+
+def from_canonical(weights, config):
+    """Builds a keras-hub `BertBackbone` (and `MaskedLMHead` if `weights` has `cls/`).
+
+    The backbone computes tanh GELU whatever `config.hidden_act` says (keras-hub
+    has no exact-GELU option), so its outputs match a kbert model only when
+    `hidden_act` is "gelu_approximate".
+
+    Returns:
+        (backbone, masked_lm_head or None).
+
+    Raises:
+        CheckpointMismatchError: missing, unused or misshapen weights (listed).
+    """
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=config.vocab_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        hidden_dim=config.hidden_size,
+        intermediate_dim=config.intermediate_size,
+        dropout=config.hidden_dropout_prob,
+        max_sequence_length=config.max_position_embeddings,
+        num_segments=config.type_vocab_size,
+    )
+    head = None
+    layers = [(backbone, _RULES)]
+    if any(name.startswith("cls/predictions/") for name in weights):
+        head = keras_hub.layers.MaskedLMHead(
+            token_embedding=backbone.token_embedding,
+            intermediate_activation="gelu",
+            layer_norm_epsilon=config.layer_norm_eps,
+        )
+        head.build((None, None, config.hidden_size), (None, None))
+        layers.append((head, _HEAD_RULES))
+    targets = {}
+    for layer, rules in layers:
+        found, _ = _variable_map(layer, rules)
+        targets.update(found)
+    usable = {k: v for k, v in weights.items() if not k.startswith("cls/seq_relationship")}
+    missing = sorted(set(targets) - set(usable))
+    unused = sorted(set(usable) - set(targets))
+    shapes = [
+        f"{name}: {np.shape(usable[name])} vs {tuple(var.shape)}"
+        for name, var in targets.items()
+        if name in usable and np.size(usable[name]) != int(np.prod(var.shape))
+    ]
+    if missing or unused or shapes:
+        raise CheckpointMismatchError(
+            f"Cannot build the keras-hub model: missing {missing}, unused {unused}, "
+            f"shape mismatches {shapes}."
+        )
+    for name, variable in targets.items():
+        variable.assign(np.reshape(usable[name], variable.shape).astype(variable.dtype))
+    return backbone, head
