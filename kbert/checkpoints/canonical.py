@@ -145,3 +145,29 @@ def assign_model(model, weights, allow_unused_prefixes=()):
     for name, (variable, transpose) in targets.items():
         value = np.asarray(weights[name], np.float32)
         variable.assign((value.T if transpose else value).astype(variable.dtype))
+
+
+_EINSUM_QKV = ("self/query/kernel", "self/key/kernel", "self/value/kernel")
+_EINSUM_QKV_BIAS = ("self/query/bias", "self/key/bias", "self/value/bias")
+
+
+def from_einsum(name, value, hidden_size):
+    """Reshapes an `EinsumDense` attention weight to Google's dense layout.
+
+    query/key/value kernels `[H, N, Hd] -> [H, N*Hd]`, their biases
+    `[N, Hd] -> [N*Hd]`, the output kernel `[N, Hd, H] -> [N*Hd, H]` (keras-hub
+    and Model Garden both use these). Other weights pass through.
+    """
+    if name.endswith(_EINSUM_QKV) or name.endswith("attention/output/dense/kernel"):
+        return np.reshape(value, (hidden_size, hidden_size))
+    if name.endswith(_EINSUM_QKV_BIAS):
+        return np.reshape(value, (hidden_size,))
+    return value
+
+
+def to_einsum(name, value, shape):
+    """Inverse of `from_einsum`: reshapes a canonical array to an EinsumDense `shape`."""
+    value = np.asarray(value, np.float32)
+    if value.size != int(np.prod(shape)):
+        raise CheckpointMismatchError(f"{name}: {value.shape} cannot fill shape {shape}.")
+    return np.reshape(value, shape)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from kbert.checkpoints.canonical import CheckpointMismatchError
+from kbert.checkpoints.canonical import CheckpointMismatchError, from_einsum, to_einsum
 from kbert.models.bert_config import BertConfig
 
 _RULES = [
@@ -85,18 +85,10 @@ def to_canonical(backbone, masked_lm_head=None):
         unknown += head_unknown
     if unknown:
         raise CheckpointMismatchError(f"Unrecognised keras-hub variables: {sorted(set(unknown))}")
-    hidden = backbone.hidden_dim
-    out = {}
-    for name, variable in variables.items():
-        value = np.asarray(variable.numpy(), np.float32)
-        if name.endswith(("self/query/kernel", "self/key/kernel", "self/value/kernel")):
-            value = value.reshape(hidden, hidden)  # [H, N, Hd] -> [H, N*Hd]
-        elif name.endswith(("self/query/bias", "self/key/bias", "self/value/bias")):
-            value = value.reshape(hidden)  # [N, Hd] -> [N*Hd]
-        elif name.endswith("attention/output/dense/kernel"):
-            value = value.reshape(hidden, hidden)  # [N, Hd, H] -> [N*Hd, H]
-        out[name] = value
-    return out
+    return {
+        name: from_einsum(name, np.asarray(variable.numpy(), np.float32), backbone.hidden_dim)
+        for name, variable in variables.items()
+    }
 
 
 def from_canonical(weights, config):
@@ -152,5 +144,5 @@ def from_canonical(weights, config):
             f"shape mismatches {shapes}."
         )
     for name, variable in targets.items():
-        variable.assign(np.reshape(usable[name], variable.shape).astype(variable.dtype))
+        variable.assign(to_einsum(name, usable[name], tuple(variable.shape)).astype(variable.dtype))
     return backbone, head
