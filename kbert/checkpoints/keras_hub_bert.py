@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from kbert.checkpoints.canonical import CheckpointMismatchError, from_einsum, to_einsum
+from kbert.layers.activations import get_activation
 from kbert.models.bert_config import BertConfig
 
 _RULES = [
@@ -121,7 +122,7 @@ def from_canonical(weights, config):
     if any(name.startswith("cls/predictions/") for name in weights):
         head = keras_hub.layers.MaskedLMHead(
             token_embedding=backbone.token_embedding,
-            intermediate_activation="gelu",
+            intermediate_activation=get_activation(config.hidden_act),
             layer_norm_epsilon=config.layer_norm_eps,
         )
         head.build((None, None, config.hidden_size), (None, None))
