@@ -22,6 +22,11 @@ UNCASED_VOCAB = SHARED_DATA / "vocab" / "bert-base-uncased" / "vocab.txt"
 WIKITEXT = SHARED_DATA / "wikitext-2"
 
 
+def pytest_report_header(config):
+    found = "found" if SHARED_DATA.exists() else "NOT FOUND: tests that need it are skipped"
+    return f"kbert shared test data: {SHARED_DATA} ({found}; set KBERT_SHARED_DATA to move it)"
+
+
 def _require(path):
     if not path.exists():
         pytest.skip(f"shared test data not found: {path} (set KBERT_SHARED_DATA)")

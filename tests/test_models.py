@@ -150,3 +150,19 @@ def test_keras_file_reloads_in_fresh_process_without_custom_objects(tmp_path):
 def test_pretrainer_rejects_non_encoder():
     with pytest.raises(ValueError, match="BertEncoder"):
         BertPretrainer(keras.layers.Dense(3))
+
+
+def test_bad_ids_fail_clearly():
+    encoder = BertEncoder(**SMALL)
+    x = _features()
+    with pytest.raises(TypeError, match="`token_ids` must hold integer ids; received dtype float64"):
+        encoder(dict(x, token_ids=x["token_ids"].astype("float64")))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`token_ids` holds a negative id"):
+        encoder(dict(x, token_ids=-x["token_ids"] - 1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds an id >= 50"):
+        encoder(dict(x, token_ids=x["token_ids"] + 50))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`segment_ids` holds an id >= 2"):
+        encoder(dict(x, segment_ids=x["segment_ids"] + 2))
+    hf = {"input_ids": x["token_ids"], "token_type_ids": x["segment_ids"], "attention_mask": x["padding_mask"]}
+    with pytest.raises(ValueError, match="'input_ids' -> 'token_ids'"):
+        encoder(hf)

@@ -101,3 +101,8 @@ def test_uncased_vocab_special_ids(uncased_tokenizer):
     assert uncased_tokenizer.vocab_size == 30522
     assert uncased_tokenizer.id_to_token(1996) == "the"
     assert np.isclose(len(uncased_tokenizer.vocabulary), 30522)
+
+
+def test_python_strings_are_one_batch(uncased_tokenizer):
+    assert uncased_tokenizer(["hello world", "naïve café"]).to_list() == [[7592, 2088], [15743, 7668]]
+    assert uncased_tokenizer("hello").to_list() == [[7592]]

@@ -149,3 +149,11 @@ def test_pretrain_resumes_after_kill(tmp_path, wikitext_valid, uncased_vocab):
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     # Epochs logged by the resumed run start where the killed one stopped.
     assert epochs[-(3 - killed_at // 10):] == list(range(killed_at // 10, 3))
+
+    # A rerun that asks for another model is refused and leaves the run intact.
+    config_before = (model_dir / "bert_config.json").read_text()
+    other = subprocess.run([*command, "--preset=bert_mini"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0
+    assert "holds a run with another model config" in other.stderr
+    assert (model_dir / "bert_config.json").read_text() == config_before

@@ -11,16 +11,20 @@ tokenizer_config.json, logs/ (TensorBoard), history.csv, summary.json,
 pretrainer.keras and encoder.keras at the end.
 """
 
+import filecmp
 import json
 import os
 import shutil
+import sys
 import time
 
 from absl import app, flags, logging
 
+from kbert.models.presets import PRESETS
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, models).")
-flags.DEFINE_string("preset", "bert_tiny", "Architecture preset (kbert.models.PRESETS).")
+flags.DEFINE_enum("preset", "bert_tiny", sorted(PRESETS), "Architecture preset.")
 flags.DEFINE_string("bert_config_file", None, "bert_config.json; overrides --preset.")
 flags.DEFINE_string("vocab_file", None, "vocab.txt; default: learn one from the corpus.")
 flags.DEFINE_integer("vocab_size", 8000, "Target size when learning a vocabulary.")
@@ -30,12 +34,12 @@ flags.DEFINE_list("eval_corpus", None, "Held-out corpus for the final masked-LM 
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).")
 flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
-flags.DEFINE_integer("global_batch_size", 32, "Examples per step, over all replicas.")
-flags.DEFINE_integer("sequence_length", 128, "Tokens per example.")
-flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions per example.")
-flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus with different NSP pairings.")
-flags.DEFINE_integer("train_steps", 300, "Total optimizer steps.")
-flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints; divides train_steps.")
+flags.DEFINE_integer("global_batch_size", 32, "Examples per step, over all replicas.", lower_bound=1)
+flags.DEFINE_integer("sequence_length", 128, "Tokens per example.", lower_bound=8)
+flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions per example.", lower_bound=1)
+flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus with different NSP pairings.", lower_bound=1)
+flags.DEFINE_integer("train_steps", 300, "Total optimizer steps.", lower_bound=1)
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints; divides train_steps.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
 flags.DEFINE_integer("warmup_steps", None, "Warmup steps (default 10% of train_steps).")
 flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.")
@@ -44,15 +48,36 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.")
 flags.DEFINE_integer("seed", 12345, "Seed for data and initialisation.")
 flags.mark_flag_as_required("model_dir")
+flags.register_multi_flags_validator(
+    ["train_steps", "checkpoint_every"],
+    lambda f: f["train_steps"] % f["checkpoint_every"] == 0,
+    message="--checkpoint_every must divide --train_steps.",
+)
+
+
+def _fail(message):
+    """Stops with a one-line error (no usage dump)."""
+    logging.error(message)
+    sys.exit(f"error: {message}")
+
+
+def _check_same_run(path, wanted, what):
+    """A rerun into an existing --model_dir must ask for the same run it resumes."""
+    if os.path.exists(path) and wanted is not None:
+        with open(path) as f:
+            existing = json.load(f)
+        if existing != wanted:
+            changed = {k: (existing.get(k), wanted.get(k)) for k in set(existing) | set(wanted)
+                       if existing.get(k) != wanted.get(k)}
+            _fail(
+                f"{FLAGS.model_dir} holds a run with another {what} ({path}); changed "
+                f"(saved, requested): {changed}. Use a new --model_dir, or the original flags "
+                "to resume."
+            )
 
 
 def main(argv):
     del argv
-    if FLAGS.train_steps % FLAGS.checkpoint_every:
-        raise app.UsageError(
-            f"--checkpoint_every={FLAGS.checkpoint_every} must divide "
-            f"--train_steps={FLAGS.train_steps}."
-        )
     # Strategies that configure devices must come before any other TF op.
     import tensorflow as tf
 
@@ -66,6 +91,26 @@ def main(argv):
 
     from kbert import data, models, text, training
 
+    if FLAGS.global_batch_size % strategy.num_replicas_in_sync:
+        _fail(
+            f"--global_batch_size={FLAGS.global_batch_size} must be a multiple of the "
+            f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy}."
+        )
+    if FLAGS.bert_config_file:
+        config = models.BertConfig.from_json_file(FLAGS.bert_config_file)
+    else:
+        config = models.preset_config(FLAGS.preset)
+    if FLAGS.sequence_length > config.max_position_embeddings:
+        _fail(
+            f"--sequence_length={FLAGS.sequence_length} exceeds the model's "
+            f"max_position_embeddings={config.max_position_embeddings}."
+        )
+    if FLAGS.vocab_file and not os.path.isfile(FLAGS.vocab_file):
+        _fail(f"--vocab_file={FLAGS.vocab_file} does not exist.")
+    _check_same_run(
+        os.path.join(FLAGS.model_dir, "tokenizer_config.json"),
+        {"lowercase": FLAGS.lowercase}, "tokenizer casing",
+    )
     os.makedirs(FLAGS.model_dir, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
@@ -78,27 +123,30 @@ def main(argv):
     if FLAGS.vocab_file:
         if not os.path.exists(vocab_path):
             shutil.copyfile(FLAGS.vocab_file, vocab_path)
+        elif not filecmp.cmp(FLAGS.vocab_file, vocab_path, shallow=False):
+            _fail(
+                f"--vocab_file={FLAGS.vocab_file} differs from {vocab_path}, the vocabulary "
+                "of the run in --model_dir. Use a new --model_dir."
+            )
     elif not os.path.exists(vocab_path):
-        logging.info("Learning a %d-token vocabulary from %s", FLAGS.vocab_size, corpus)
         lines = [s for doc in data.read_documents(corpus) for s in doc]
-        text.write_vocabulary(
-            text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=FLAGS.lowercase),
-            vocab_path,
-        )
+        tokens = text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=FLAGS.lowercase)
+        text.write_vocabulary(tokens, vocab_path)
+        print(f"Learned a {len(tokens)}-token vocabulary (at most --vocab_size="
+              f"{FLAGS.vocab_size}) from {corpus}.", flush=True)
     tokenizer = text.BertTokenizer(vocab_path, lowercase=FLAGS.lowercase)
     with open(os.path.join(FLAGS.model_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"lowercase": FLAGS.lowercase}, f)
 
     config_path = os.path.join(FLAGS.model_dir, "bert_config.json")
-    if FLAGS.bert_config_file:
-        config = models.BertConfig.from_json_file(FLAGS.bert_config_file)
-    else:
+    if not FLAGS.bert_config_file:
         config = models.preset_config(FLAGS.preset, vocab_size=tokenizer.vocab_size)
     if config.vocab_size != tokenizer.vocab_size:
-        raise app.UsageError(
+        _fail(
             f"The model's vocab_size={config.vocab_size} differs from the "
             f"{tokenizer.vocab_size} tokens of {vocab_path}."
         )
+    _check_same_run(config_path, config.to_dict(), "model config")
     config.to_json_file(config_path)
 
     data_config = data.PretrainingDataConfig(
@@ -142,6 +190,7 @@ def main(argv):
                     os.path.join(FLAGS.model_dir, "history.csv"), append=True
                 ),
             ],
+            shuffle=False,  # the dataset is shuffled (seeded) by kbert.data
             verbose=2,
         )
     elapsed = time.time() - started

@@ -42,6 +42,9 @@ class BertEmbeddings(keras.layers.Layer):
     Raises:
         ValueError: a non-positive size, or a static sequence length above
             `max_position_embeddings` (see `PositionEmbedding`).
+        TypeError: ids of a floating dtype.
+        tf.errors.InvalidArgumentError: an id outside `[0, vocab_size)` or
+            `[0, type_vocab_size)` (TensorFlow backend, not under XLA).
     """
 
     def __init__(
@@ -107,7 +110,30 @@ class BertEmbeddings(keras.layers.Layer):
         self.layer_norm.build(embedded_shape)
         self.built = True
 
+    def _check_ids(self, ids, limit, name):
+        if not ("int" in str(ids.dtype) or "bool" in str(ids.dtype)):
+            raise TypeError(f"`{name}` must hold integer ids; received dtype {ids.dtype}.")
+        if keras.backend.backend() != "tensorflow":
+            return ids
+        import tensorflow as tf
+
+        # Out-of-range ids would wrap (negative) or read zeros (GPU gather)
+        # instead of failing; check them in the graph (a no-op under XLA).
+        ids = tf.convert_to_tensor(ids)
+        checks = [
+            tf.debugging.assert_non_negative(ids, message=f"`{name}` holds a negative id"),
+            tf.debugging.assert_less(
+                ids,
+                tf.cast(limit, ids.dtype),
+                message=f"`{name}` holds an id >= {limit}, the size of its embedding table",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(ids)
+
     def call(self, token_ids, segment_ids, training=None):
+        token_ids = self._check_ids(token_ids, self.vocab_size, "token_ids")
+        segment_ids = self._check_ids(segment_ids, self.type_vocab_size, "segment_ids")
         tokens = self.token_embedding(token_ids)
         x = tokens + self.segment_embedding(segment_ids)
         x = x + self.position_embedding(tokens)

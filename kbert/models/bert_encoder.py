@@ -1,6 +1,7 @@
 """The functional BERT encoder (Devlin et al. 2019, section 3)."""
 
 import keras
+import numpy as np
 
 from kbert.layers.bert_embeddings import BertEmbeddings
 from kbert.layers.transformer_encoder_block import TransformerEncoderBlock
@@ -8,6 +9,38 @@ from kbert.models.bert_config import BertConfig
 from kbert.models.presets import preset_config
 
 INPUT_NAMES = ("token_ids", "segment_ids", "padding_mask")
+_HF_ALIASES = {"input_ids": "token_ids", "token_type_ids": "segment_ids", "attention_mask": "padding_mask"}
+
+
+def check_input_dict(inputs, names, model_name):
+    """Raises a clear error for a wrong input dict (keys or id dtypes) before Keras casts it.
+
+    Raises:
+        ValueError: missing or unknown keys (HuggingFace names get their kbert name).
+        TypeError: NumPy/list `token_ids`/`segment_ids`/`masked_lm_positions`
+            of a floating dtype (Keras would silently truncate them to integers).
+    """
+    if not isinstance(inputs, dict):
+        raise ValueError(
+            f"{model_name} takes a dict with keys {list(names)}; received {type(inputs).__name__}."
+        )
+    missing = [n for n in names if n not in inputs]
+    unknown = [k for k in inputs if k not in names]
+    if missing or unknown:
+        hints = [f"{k!r} -> {_HF_ALIASES[k]!r}" for k in unknown if k in _HF_ALIASES]
+        raise ValueError(
+            f"{model_name} takes a dict with keys {list(names)}; missing {missing}, "
+            f"unknown {unknown}." + (f" Rename HuggingFace keys: {', '.join(hints)}." if hints else "")
+        )
+    for name in names:
+        # Only host data (NumPy, lists) is checked: Keras' own symbolic build
+        # under tf.distribute feeds mean-reduced (float) batches through
+        # `__call__`, and in-graph ids are checked by `BertEmbeddings`.
+        if name == "padding_mask" or not isinstance(inputs[name], (np.ndarray, list, tuple)):
+            continue
+        dtype = str(np.asarray(inputs[name]).dtype)
+        if "float" in dtype or "complex" in dtype:
+            raise TypeError(f"`{name}` must hold integer ids; received dtype {dtype}.")
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -136,6 +169,10 @@ class BertEncoder(keras.Model):
         self.embeddings = embeddings
         self.transformer_layers = transformer_layers
         self.pooler = pooler
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_input_dict(inputs, INPUT_NAMES, type(self).__name__)
+        return super().__call__(inputs, *args, **kwargs)
 
     @property
     def token_embedding(self):

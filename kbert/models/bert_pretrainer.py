@@ -4,7 +4,7 @@
 import keras
 
 from kbert.layers.masked_lm_head import MaskedLMHead
-from kbert.models.bert_encoder import BertEncoder
+from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, check_input_dict
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -65,6 +65,10 @@ class BertPretrainer(keras.Model):
         self.encoder = encoder
         self.masked_lm_head = masked_lm_head
         self.next_sentence_head = next_sentence_head
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_input_dict(inputs, INPUT_NAMES + ("masked_lm_positions",), type(self).__name__)
+        return super().__call__(inputs, *args, **kwargs)
 
     def get_config(self):
         return {

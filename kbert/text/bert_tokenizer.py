@@ -36,8 +36,8 @@ class BertTokenizer(keras.layers.Layer):
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: tf.string tensor `(batch_size,)` (a scalar is treated as a
-            batch of one).
+        inputs: tf.string tensor `(batch_size,)`, or a list of str (a scalar
+            or a single str is treated as a batch of one).
 
     Returns:
         `tf.RaggedTensor` of int32 ids, shape `(batch_size, None)`.
@@ -97,6 +97,15 @@ class BertTokenizer(keras.layers.Layer):
             name: self._token_to_id[f"[{name.upper()}]"]
             for name in ("pad", "unk", "cls", "sep", "mask")
         }
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras treats a Python list as a structure of inputs; a list of str
+        # (or a str, or a NumPy array of str) is one batch of text here.
+        if isinstance(inputs, str) or (
+            isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs)
+        ):
+            inputs = tf.constant(inputs, tf.string)
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs):
         inputs = tf.convert_to_tensor(inputs)
