@@ -1,4 +1,4 @@
-r"""Converts a BERT checkpoint between HuggingFace, Google TF1, Model Garden, keras-hub and kbert.
+r"""Converts a BERT checkpoint on disk (HuggingFace, Google TF1, Model Garden) to another layout.
 
 Reads any format `kbert.checkpoints.load` detects and writes HuggingFace, Google TF1
 or a kbert `.keras` file, checking the written copy against the source.

@@ -270,3 +270,70 @@ def test_load_errors_and_dtype(tmp_path):
     half = load(FOLDER, dtype="mixed_bfloat16")
     assert half.transformer_layers[0].compute_dtype == "bfloat16"
     assert half.embeddings.token_embedding.embeddings.dtype == "float32"
+
+
+def test_folder_problems_are_named(tmp_path):
+    import json
+    import shutil
+
+    only_config = tmp_path / "only_config"
+    only_config.mkdir()
+    shutil.copyfile(os.path.join(FOLDER, "config.json"), only_config / "config.json")
+    with pytest.raises(ValueError, match="has config.json but no weights"):
+        load(str(only_config))
+    only_weights = tmp_path / "only_weights"
+    only_weights.mkdir()
+    shutil.copyfile(os.path.join(FOLDER, "model.safetensors"), only_weights / "model.safetensors")
+    with pytest.raises(ValueError, match="no config.json"):
+        load(str(only_weights))
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    config = json.loads((minilm.get_model_path() / "config.json").read_text())
+    (roberta / "config.json").write_text(json.dumps(dict(config, model_type="roberta")))
+    from safetensors.numpy import save_file
+
+    save_file({"roberta.embeddings.word_embeddings.weight": np.zeros((2, 2), np.float32)},
+              str(roberta / "model.safetensors"))
+    with pytest.raises(ValueError, match="model_type='roberta'; kbert reads BERT checkpoints only"):
+        load(str(roberta))
+
+
+def test_sharded_safetensors(tmp_path, encoder):
+    import json
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    state = huggingface.read_state_dict(FOLDER)
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(tmp_path / shard))
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    shutil.copyfile(os.path.join(FOLDER, "config.json"), tmp_path / "config.json")
+    sharded = load(str(tmp_path))
+    for a, b in zip(sharded.get_weights(), encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tokenizer_casing_from_config_or_vocabulary(tmp_path):
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    cased = tmp_path / "cased"
+    cased.mkdir()
+    (cased / "vocab.txt").write_text("\n".join(special + ["The", "the", "Paris", "##s", "a"]) + "\n")
+    assert not load_tokenizer(str(cased / "bert_model.ckpt")).lowercase
+    uncased = tmp_path / "uncased"
+    uncased.mkdir()
+    (uncased / "vocab.txt").write_text("\n".join(special + ["the", "paris", "##s", "a"]) + "\n")
+    assert load_tokenizer(str(uncased)).lowercase
+    (cased / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    assert load_tokenizer(str(cased)).lowercase
+    assert load_tokenizer(FOLDER).lowercase
+
+
+def test_to_keras_hub_public_entry_point(encoder):
+    from kbert import checkpoints
+
+    backbone, head = checkpoints.to_keras_hub(encoder)
+    assert head is None and backbone.num_layers == 6 and backbone.hidden_dim == 384

@@ -5,7 +5,16 @@ format=...)` writes the HuggingFace or Google layout. All converters go
 through one canonical layout (Google's TF1 names, see `canonical`).
 """
 
-from kbert.checkpoints.api import FORMATS, detect_format, load, load_tokenizer, read_canonical, save
+from kbert.checkpoints import canonical, google, huggingface, keras_hub_bert
+from kbert.checkpoints.api import (
+    FORMATS,
+    detect_format,
+    load,
+    load_tokenizer,
+    read_canonical,
+    save,
+    to_keras_hub,
+)
 from kbert.checkpoints.canonical import CheckpointMismatchError, assign_model, read_model
 
 __all__ = [
@@ -18,4 +27,5 @@ __all__ = [
     "read_canonical",
     "read_model",
     "save",
+    "to_keras_hub",
 ]

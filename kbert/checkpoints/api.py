@@ -28,6 +28,9 @@ def detect_format(source):
     path = os.fspath(source)
     if huggingface.is_huggingface_folder(path):
         return "huggingface"
+    incomplete = huggingface.describe_incomplete_folder(path)
+    if incomplete:
+        raise ValueError(incomplete)
     exists = os.path.exists(path) or os.path.exists(path + ".index")
     if not exists:
         raise FileNotFoundError(f"No checkpoint at {path}.")
@@ -81,8 +84,8 @@ def read_canonical(source, config=None, hidden_act=None):
         source, head = source
     fmt = detect_format(source)
     if fmt == "huggingface":
+        config = config or huggingface.read_config(source)  # fails fast on non-BERT
         weights = huggingface.to_canonical(huggingface.read_state_dict(source))
-        config = config or huggingface.read_config(source)
     elif fmt == "google":
         weights = google.read_checkpoint(source)
         config = config or _find_config(os.fspath(source))
@@ -158,7 +161,8 @@ def save(model, path, format="huggingface", vocab_path=None, lowercase=True):
             `bert_config.json` (and `vocab.txt`) written beside it.
         format: "huggingface" or "google".
         vocab_path: optional vocabulary to ship with the weights.
-        lowercase: the tokenizer's casing, recorded for HuggingFace.
+        lowercase: the tokenizer's casing, recorded with the vocabulary as
+            `tokenizer_config.json` (`do_lower_case`) in both formats.
 
     Returns:
         str, the folder or prefix written.
@@ -180,29 +184,60 @@ def save(model, path, format="huggingface", vocab_path=None, lowercase=True):
             import shutil
 
             shutil.copyfile(vocab_path, os.path.join(folder, "vocab.txt"))
+            with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+                json.dump({"do_lower_case": lowercase}, f)
         return prefix
     raise ValueError(f"Unknown format {format!r}; save writes 'huggingface' or 'google'.")
 
 
-def load_tokenizer(folder, lowercase=None):
+def to_keras_hub(model):
+    """Converts a kbert model to keras-hub: `(BertBackbone, MaskedLMHead or None)`.
+
+    The head is returned for a `BertPretrainer` (keras-hub has no NSP head, so
+    `cls/seq_relationship` is not carried over). keras-hub computes tanh GELU
+    whatever the kbert config says.
+    """
+    from kbert.checkpoints import keras_hub_bert
+
+    encoder = model.encoder if isinstance(model, BertPretrainer) else model
+    return keras_hub_bert.from_canonical(canonical.read_model(model), encoder.bert_config)
+
+
+def _vocabulary_is_cased(tokens):
+    """True when a BERT vocabulary holds upper-case word pieces (cased models do)."""
+    words = [t for t in tokens if not (t.startswith("[") and t.endswith("]"))]
+    return sum(any(c.isupper() for c in t) for t in words) > 0.01 * len(words)
+
+
+def load_tokenizer(path, lowercase=None):
     """Builds a `kbert.text.BertTokenizer` from a checkpoint folder's `vocab.txt`.
 
-    Casing comes from HF `tokenizer_config.json` (`do_lower_case`) when
-    present, else `lowercase` (default True).
+    Casing: `lowercase` when given; else `do_lower_case` from a
+    `tokenizer_config.json` beside the vocabulary (HuggingFace, and folders
+    written by `save`); else inferred from the vocabulary itself (a cased BERT
+    vocabulary holds upper-case word pieces, an uncased one none), since
+    Google's releases record casing only in their folder names.
+
+    Args:
+        path: a folder, or a checkpoint prefix/file inside one.
+        lowercase: optional bool overriding the above.
 
     Raises:
-        FileNotFoundError: no vocab.txt in `folder`.
+        FileNotFoundError: no vocab.txt there.
     """
-    from kbert.text import BertTokenizer
+    from kbert.text import BertTokenizer, load_vocabulary
 
-    folder = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     vocab = os.path.join(folder, "vocab.txt")
     if not os.path.exists(vocab):
-        raise FileNotFoundError(f"No vocab.txt in {folder}.")
+        raise FileNotFoundError(f"No vocab.txt for {path} (looked in {folder}).")
     if lowercase is None:
-        lowercase = True
         config_path = os.path.join(folder, "tokenizer_config.json")
         if os.path.exists(config_path):
             with open(config_path, encoding="utf-8") as f:
-                lowercase = bool(json.load(f).get("do_lower_case", True))
+                values = json.load(f)
+            if "do_lower_case" in values:
+                lowercase = bool(values["do_lower_case"])
+        if lowercase is None:
+            lowercase = not _vocabulary_is_cased(load_vocabulary(vocab))
     return BertTokenizer(vocab, lowercase=lowercase)

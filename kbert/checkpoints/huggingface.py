@@ -19,6 +19,7 @@ from kbert.models.bert_config import BertConfig
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 PYTORCH_FILE = "pytorch_model.bin"
 VOCAB_FILE = "vocab.txt"
 
@@ -78,19 +79,38 @@ def _canonical_name(hf_name):
     return None, False
 
 
+def _has_weights(path):
+    return any(
+        os.path.exists(os.path.join(path, name))
+        for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PYTORCH_FILE)
+    )
+
+
 def is_huggingface_folder(path):
     """True when `path` is a folder with `config.json` and HF weights."""
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE)) and (
-        os.path.exists(os.path.join(path, SAFETENSORS_FILE))
-        or os.path.exists(os.path.join(path, PYTORCH_FILE))
-    )
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE)) and _has_weights(path)
+
+
+def describe_incomplete_folder(path):
+    """Says what a folder lacks to be a HuggingFace checkpoint, or None if it is not half of one."""
+    if not os.path.isdir(path):
+        return None
+    has_config = os.path.exists(os.path.join(path, CONFIG_FILE))
+    has_weights = _has_weights(path)
+    if has_config and not has_weights:
+        return (f"{path} has {CONFIG_FILE} but no weights ({SAFETENSORS_FILE}, "
+                f"{SAFETENSORS_INDEX_FILE} or {PYTORCH_FILE}).")
+    if has_weights and not has_config:
+        return f"{path} has HuggingFace weights but no {CONFIG_FILE}."
+    return None
 
 
 def read_state_dict(folder):
     """Returns the folder's weights as a dict of NumPy arrays.
 
-    Reads `model.safetensors` (the `safetensors` package) or, failing that,
-    `pytorch_model.bin` (needs `torch`; loaded with `weights_only=True`).
+    Reads `model.safetensors`, sharded safetensors (`model.safetensors.index.json`
+    and its shards), or, failing those, `pytorch_model.bin` (needs `torch`;
+    loaded with `weights_only=True`).
 
     Raises:
         FileNotFoundError: neither file exists.
@@ -101,6 +121,16 @@ def read_state_dict(folder):
         from safetensors.numpy import load_file
 
         return load_file(safetensors_path)
+    index_path = os.path.join(folder, SAFETENSORS_INDEX_FILE)
+    if os.path.exists(index_path):
+        from safetensors.numpy import load_file
+
+        with open(index_path, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(os.path.join(folder, shard)))
+        return state
     pytorch_path = os.path.join(folder, PYTORCH_FILE)
     if os.path.exists(pytorch_path):
         try:
