@@ -52,7 +52,7 @@ def _train_one_step(strategy, initial_weights, batch):
         model.set_weights(initial_weights)
         compile_pretrainer(model, keras.optimizers.SGD(learning_rate=1.0))
     dataset = tf.data.Dataset.from_tensors(batch).map(split_features_for_fit)
-    history = model.fit(dataset, epochs=1, verbose=0).history
+    history = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
     return history, [w.numpy() if hasattr(w, "numpy") else w for w in model.get_weights()]
 
 
