@@ -16,6 +16,7 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_bert_tiny_beats_majority_baseline_twice(tmp_path, wikitext_valid, wikitext_test):
     model_dir = tmp_path / "wiki"
     subprocess.run(
