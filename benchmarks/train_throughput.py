@@ -53,15 +53,9 @@ def _kbert_model(keras, config, policy):
 def _keras_hub_model(keras, config, policy):
     import keras_hub
 
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=config.vocab_size,
-        num_layers=config.num_hidden_layers,
-        num_heads=config.num_attention_heads,
-        hidden_dim=config.hidden_size,
-        intermediate_dim=config.intermediate_size,
-        max_sequence_length=config.max_position_embeddings,
-        dtype=policy,
-    )
+    from kbert.checkpoints.keras_hub_bert import build_backbone
+
+    backbone = build_backbone(config, dtype=policy)
     head = keras_hub.layers.MaskedLMHead(
         token_embedding=backbone.token_embedding,
         intermediate_activation="gelu",
@@ -111,7 +105,7 @@ def main(argv):
     b = FLAGS.batch_size
     print(f"\nMLM train step, {FLAGS.preset}, batch {b} x {FLAGS.sequence_length}, "
           f"{FLAGS.num_predictions} predictions, AdamW, {FLAGS.steps} steps")
-    print(f"| policy | kbert s/step | keras-hub s/step | kbert seq/s | keras-hub seq/s | kbert speedup |")
+    print("| policy | kbert s/step | keras-hub s/step | kbert seq/s | keras-hub seq/s | kbert speedup |")
     print("|---|---|---|---|---|---|")
     for policy, ours, hub in rows:
         print(f"| {policy} | {ours:.3f} | {hub:.3f} | {b / ours:.1f} | {b / hub:.1f} | {hub / ours:.2f}x |")

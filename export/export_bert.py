@@ -33,7 +33,6 @@ def _head(vector, n=4):
 def main(argv):
     del argv
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from kbert import models, serving, text

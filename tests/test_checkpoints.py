@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from kbert.checkpoints import CheckpointMismatchError, detect_format, load, load_tokenizer, read_model, save
-from kbert.checkpoints import canonical, google, huggingface, keras_hub_bert, model_garden
+from kbert.checkpoints import canonical, huggingface, keras_hub_bert, model_garden
 from kbert.models import BertEncoder, BertPretrainer
 from kbert.text import BertPacker
 from tests.conftest import SHARED_DATA

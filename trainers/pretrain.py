@@ -79,8 +79,6 @@ def _check_same_run(path, wanted, what):
 def main(argv):
     del argv
     # Strategies that configure devices must come before any other TF op.
-    import tensorflow as tf
-
     from kbert.training import distribute
 
     if FLAGS.num_cpu_devices:

@@ -19,6 +19,10 @@ from kbert.checkpoints.canonical import CheckpointMismatchError, assign_model, r
 
 __all__ = [
     "FORMATS",
+    "canonical",
+    "google",
+    "huggingface",
+    "keras_hub_bert",
     "CheckpointMismatchError",
     "assign_model",
     "detect_format",

@@ -8,6 +8,8 @@ converter only maps its own names to and from these, as
 tf-models' `tf1_bert_checkpoint_converter_lib` does.
 """
 
+import re
+
 import numpy as np
 
 ENCODER_PREFIX = "bert/"
@@ -171,3 +173,29 @@ def to_einsum(name, value, shape):
     if value.size != int(np.prod(shape)):
         raise CheckpointMismatchError(f"{name}: {value.shape} cannot fill shape {shape}.")
     return np.reshape(value, shape)
+
+
+def match_variables(variables, rules, name_of=lambda v: v.path):
+    """Maps canonical names to `variables` by regex rules on the end of their names.
+
+    Args:
+        variables: iterable of variables.
+        rules: list of `(pattern, template)`; a variable whose name ends with
+            `pattern` (after a `/` or at the start) gets the canonical name
+            `template.format(*groups)`.
+        name_of: callable giving a variable's name (default: Keras `path`).
+
+    Returns:
+        (dict canonical name -> variable, list of unmatched names).
+    """
+    out, unknown = {}, []
+    for variable in variables:
+        name = name_of(variable)
+        for pattern, template in rules:
+            match = re.search(r"(?:^|/)" + pattern + r"$", name)
+            if match:
+                out[template.format(*match.groups())] = variable
+                break
+        else:
+            unknown.append(name)
+    return out, unknown

@@ -7,11 +7,14 @@ keras-hub's BERT always uses the tanh GELU (`gelu_approximate`) and
 LayerNorm epsilon 1e-12.
 """
 
-import re
-
 import numpy as np
 
-from kbert.checkpoints.canonical import CheckpointMismatchError, from_einsum, to_einsum
+from kbert.checkpoints.canonical import (
+    CheckpointMismatchError,
+    from_einsum,
+    match_variables,
+    to_einsum,
+)
 from kbert.layers.activations import get_activation
 from kbert.models.bert_config import BertConfig
 
@@ -41,19 +44,21 @@ _HEAD_RULES = [
 ]
 
 
-def _variable_map(layer, rules):
-    """Maps canonical names to `layer`'s variables (matched on the end of their paths)."""
-    out, unknown = {}, []
-    for variable in layer.weights:
-        path = variable.path
-        for pattern, template in rules:
-            match = re.search(r"(?:^|/)" + pattern + r"$", path)
-            if match:
-                out[template.format(*match.groups())] = variable
-                break
-        else:
-            unknown.append(path)
-    return out, unknown
+def build_backbone(config, dtype=None):
+    """A randomly initialised keras-hub `BertBackbone` with the sizes of `config`."""
+    import keras_hub
+
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=config.vocab_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        hidden_dim=config.hidden_size,
+        intermediate_dim=config.intermediate_size,
+        dropout=config.hidden_dropout_prob,
+        max_sequence_length=config.max_position_embeddings,
+        num_segments=config.type_vocab_size,
+        dtype=dtype,
+    )
 
 
 def config_from_backbone(backbone, hidden_act="gelu_approximate"):
@@ -79,9 +84,9 @@ def to_canonical(backbone, masked_lm_head=None):
     Raises:
         CheckpointMismatchError: variables the map does not know (listed).
     """
-    variables, unknown = _variable_map(backbone, _RULES)
+    variables, unknown = match_variables(backbone.weights, _RULES)
     if masked_lm_head is not None:
-        head, head_unknown = _variable_map(masked_lm_head, _HEAD_RULES + _RULES[:1])
+        head, head_unknown = match_variables(masked_lm_head.weights, _HEAD_RULES + _RULES[:1])
         variables.update({k: v for k, v in head.items() if k.startswith("cls/")})
         unknown += head_unknown
     if unknown:
@@ -107,16 +112,7 @@ def from_canonical(weights, config):
     """
     import keras_hub
 
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=config.vocab_size,
-        num_layers=config.num_hidden_layers,
-        num_heads=config.num_attention_heads,
-        hidden_dim=config.hidden_size,
-        intermediate_dim=config.intermediate_size,
-        dropout=config.hidden_dropout_prob,
-        max_sequence_length=config.max_position_embeddings,
-        num_segments=config.type_vocab_size,
-    )
+    backbone = build_backbone(config)
     head = None
     layers = [(backbone, _RULES)]
     if any(name.startswith("cls/predictions/") for name in weights):
@@ -129,7 +125,7 @@ def from_canonical(weights, config):
         layers.append((head, _HEAD_RULES))
     targets = {}
     for layer, rules in layers:
-        found, _ = _variable_map(layer, rules)
+        found, _ = match_variables(layer.weights, rules)
         targets.update(found)
     usable = {k: v for k, v in weights.items() if not k.startswith("cls/seq_relationship")}
     missing = sorted(set(targets) - set(usable))

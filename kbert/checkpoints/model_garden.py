@@ -13,7 +13,12 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from kbert.checkpoints.canonical import CheckpointMismatchError, from_einsum, to_einsum
+from kbert.checkpoints.canonical import (
+    CheckpointMismatchError,
+    from_einsum,
+    match_variables,
+    to_einsum,
+)
 
 _RULES = [
     (r"word_embeddings/embeddings", "bert/embeddings/word_embeddings"),
@@ -66,16 +71,7 @@ def _build(config, version):
 
 
 def _variable_map(encoder):
-    out, unknown = {}, []
-    for variable in encoder.weights:
-        name = variable.name.split(":")[0]
-        for pattern, template in _RULES:
-            match = re.search(r"(?:^|/)" + pattern + r"$", name)
-            if match:
-                out[template.format(*match.groups())] = variable
-                break
-        else:
-            unknown.append(name)
+    out, unknown = match_variables(encoder.weights, _RULES, lambda v: v.name.split(":")[0])
     if unknown:
         raise CheckpointMismatchError(f"Unrecognised Model Garden variables: {unknown}")
     return out

@@ -203,17 +203,31 @@ def verify_saved_model(path, encoder, tokenizer, texts, sequence_length=128, ato
         for k, v in encoder(features, training=False).items()
     }
     actual = run_saved_model_in_fresh_process(path, texts)
-    mask = features["padding_mask"].numpy().astype(bool)
+    return compare_outputs(actual, expected, features["padding_mask"], atol, f"SavedModel {path}")
+
+
+def compare_outputs(actual, expected, padding_mask, atol, what):
+    """Largest abs difference of `pooled_output` and real-token `sequence_output`.
+
+    Args:
+        actual, expected: dicts of float arrays with both outputs.
+        padding_mask: `(batch, length)` array; padded rows are not compared.
+        atol: float, the largest allowed difference.
+        what: str naming the artifact in the error.
+
+    Raises:
+        ExportVerificationError: a difference above `atol` (or NaN).
+    """
+    mask = np.asarray(padding_mask).astype(bool)
     diffs = {
-        "pooled_output": np.abs(actual["pooled_output"] - expected["pooled_output"]).max(),
-        "sequence_output": np.abs(
-            actual["sequence_output"][mask] - expected["sequence_output"][mask]
-        ).max(),
+        "pooled_output": float(np.abs(actual["pooled_output"] - expected["pooled_output"]).max()),
+        "sequence_output": float(
+            np.abs(actual["sequence_output"][mask] - expected["sequence_output"][mask]).max()
+        ),
     }
-    worst = float(max(diffs.values()))
+    worst = max(diffs.values())
     if not worst <= atol:
         raise ExportVerificationError(
-            f"SavedModel {path} differs from the Keras model: max abs differences "
-            f"{diffs} exceed atol={atol}."
+            f"{what} differs from the Keras model: max abs differences {diffs} exceed atol={atol}."
         )
     return worst

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from kbert.models.bert_encoder import INPUT_NAMES
-from kbert.serving.saved_model import ExportVerificationError
+from kbert.serving.saved_model import compare_outputs
 
 SIGNATURE = "serving_token_ids"
 
@@ -93,17 +93,4 @@ def verify_tflite(path, encoder, features, atol=1e-4):
         k: keras.ops.convert_to_numpy(v).astype(np.float32)
         for k, v in encoder({k: features[k] for k in INPUT_NAMES}, training=False).items()
     }
-    mask = np.asarray(features["padding_mask"]).astype(bool)
-    diffs = {
-        "pooled_output": np.abs(actual["pooled_output"] - expected["pooled_output"]).max(),
-        "sequence_output": np.abs(
-            actual["sequence_output"][mask] - expected["sequence_output"][mask]
-        ).max(),
-    }
-    worst = float(max(diffs.values()))
-    if not worst <= atol:
-        raise ExportVerificationError(
-            f"TFLite file {path} differs from the Keras model: max abs differences "
-            f"{diffs} exceed atol={atol}."
-        )
-    return worst
+    return compare_outputs(actual, expected, features["padding_mask"], atol, f"TFLite file {path}")
