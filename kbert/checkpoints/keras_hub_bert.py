@@ -44,36 +44,35 @@ _HEAD_RULES = [
 ]
 
 
+# BertConfig field <-> keras-hub BertBackbone argument/attribute.
+_FIELDS = (
+    ("vocab_size", "vocabulary_size"),
+    ("num_hidden_layers", "num_layers"),
+    ("num_attention_heads", "num_heads"),
+    ("hidden_size", "hidden_dim"),
+    ("intermediate_size", "intermediate_dim"),
+    ("hidden_dropout_prob", "dropout"),
+    ("max_position_embeddings", "max_sequence_length"),
+    ("type_vocab_size", "num_segments"),
+)
+
+
 def build_backbone(config, dtype=None):
     """A randomly initialised keras-hub `BertBackbone` with the sizes of `config`."""
     import keras_hub
 
-    return keras_hub.models.BertBackbone(
-        vocabulary_size=config.vocab_size,
-        num_layers=config.num_hidden_layers,
-        num_heads=config.num_attention_heads,
-        hidden_dim=config.hidden_size,
-        intermediate_dim=config.intermediate_size,
-        dropout=config.hidden_dropout_prob,
-        max_sequence_length=config.max_position_embeddings,
-        num_segments=config.type_vocab_size,
-        dtype=dtype,
-    )
+    kwargs = {hub: getattr(config, ours) for ours, hub in _FIELDS}
+    return keras_hub.models.BertBackbone(**kwargs, dtype=dtype)
 
 
 def config_from_backbone(backbone, hidden_act="gelu_approximate"):
-    """The `BertConfig` of a keras-hub `BertBackbone` (hidden_act: keras-hub's tanh GELU)."""
+    """The `BertConfig` of a keras-hub `BertBackbone` (hidden_act: keras-hub's tanh GELU;
+    one dropout rate for both hidden states and attention; LayerNorm epsilon 1e-12)."""
+    values = {ours: getattr(backbone, hub) for ours, hub in _FIELDS}
     return BertConfig(
-        vocab_size=backbone.vocabulary_size,
-        hidden_size=backbone.hidden_dim,
-        num_hidden_layers=backbone.num_layers,
-        num_attention_heads=backbone.num_heads,
-        intermediate_size=backbone.intermediate_dim,
+        **values,
         hidden_act=hidden_act,
-        hidden_dropout_prob=backbone.dropout,
         attention_probs_dropout_prob=backbone.dropout,
-        max_position_embeddings=backbone.max_sequence_length,
-        type_vocab_size=backbone.num_segments,
         layer_norm_eps=1e-12,
     )
 
