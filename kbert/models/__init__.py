@@ -1,15 +1,23 @@
-"""BERT models: config, presets, functional encoder and pretrainer."""
+"""BERT models: config, presets, functional encoder, pretrainer and task models."""
 
+from kbert.models.bert_classifier import BertClassifier
 from kbert.models.bert_config import BertConfig
 from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder
 from kbert.models.bert_pretrainer import BertPretrainer
+from kbert.models.bert_span_labeler import BertSpanLabeler
+from kbert.models.bert_token_classifier import BertTokenClassifier
 from kbert.models.presets import PRESETS, preset_config
+from kbert.models.task_heads import inference_copy
 
 __all__ = [
+    "BertClassifier",
     "BertConfig",
     "BertEncoder",
     "BertPretrainer",
+    "BertSpanLabeler",
+    "BertTokenClassifier",
     "INPUT_NAMES",
     "PRESETS",
+    "inference_copy",
     "preset_config",
 ]

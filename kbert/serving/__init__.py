@@ -1,5 +1,11 @@
 """Export for serving: SavedModel (TF Serving) and TFLite, each self-verifying."""
 
+from kbert.serving.classifier_export import (
+    export_classifier_saved_model,
+    export_classifier_tflite,
+    run_classifier_tflite,
+    verify_classifier_exports,
+)
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
@@ -16,10 +22,14 @@ __all__ = [
     "TOKEN_IDS_SIGNATURE",
     "WORDPIECES_SIGNATURE",
     "ExportVerificationError",
+    "export_classifier_saved_model",
+    "export_classifier_tflite",
     "export_saved_model",
     "export_tflite",
+    "run_classifier_tflite",
     "run_saved_model_in_fresh_process",
     "run_tflite",
+    "verify_classifier_exports",
     "verify_saved_model",
     "verify_tflite",
 ]

@@ -1,5 +1,6 @@
 """SavedModel export for TF Serving: raw-text and token-id signatures."""
 
+import json
 import os
 import subprocess
 import sys
@@ -143,34 +144,54 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
 
 
 _RELOAD_SCRIPT = r"""
+import json
 import sys
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # registers the tokenizer ops the SavedModel uses
-path, texts_file, out = sys.argv[1:4]
-texts = open(texts_file, encoding="utf-8").read().split("\x00")
+path, signature, inputs_file, out = sys.argv[1:5]
+with open(inputs_file, encoding="utf-8") as f:
+    inputs = json.load(f)
 loaded = tf.saved_model.load(path)
-result = loaded.signatures["serving_default"](text=tf.constant(texts))
-np.savez(out, **{k: v.numpy() for k, v in result.items()})
+function = loaded.signatures[signature]
+specs = function.structured_input_signature[1]
+result = function(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+decode = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[str])
+arrays = {}
+for k, v in result.items():
+    value = v.numpy()
+    arrays[k] = decode(value) if v.dtype == tf.string and value.size else value.astype(str) if v.dtype == tf.string else value
+np.savez(out, **arrays)
 """
 
 
-def run_saved_model_in_fresh_process(path, texts):
-    """Loads the SavedModel at `path` in a new Python process and runs `serving_default`.
+def run_saved_model_in_fresh_process(path, inputs, signature=TEXT_SIGNATURE):
+    """Loads the SavedModel at `path` in a new Python process and runs one signature.
+
+    This is how TF Serving sees the folder: nothing of the exporting process
+    (its Python objects, the original vocabulary file) is available.
+
+    Args:
+        path: str, the SavedModel folder.
+        inputs: a list of str (the `text` input), or a dict input name ->
+            nested lists (strings or numbers, cast to the signature's dtypes).
+        signature: str, the signature key.
 
     Returns:
-        dict of numpy arrays, the signature's outputs.
+        dict of numpy arrays, the signature's outputs (strings decoded from UTF-8).
 
     Raises:
         ExportVerificationError: the process failed (its stderr is included).
     """
+    if not isinstance(inputs, dict):
+        inputs = {"text": list(inputs)}
     with tempfile.TemporaryDirectory() as tmp:
-        texts_file = os.path.join(tmp, "texts.txt")
+        inputs_file = os.path.join(tmp, "inputs.json")
         out = os.path.join(tmp, "out.npz")
-        with open(texts_file, "w", encoding="utf-8") as f:
-            f.write("\x00".join(texts))
+        with open(inputs_file, "w", encoding="utf-8") as f:
+            json.dump(inputs, f)
         proc = subprocess.run(
-            [sys.executable, "-c", _RELOAD_SCRIPT, path, texts_file, out],
+            [sys.executable, "-c", _RELOAD_SCRIPT, path, signature, inputs_file, out],
             capture_output=True,
             text=True,
         )

@@ -1,8 +1,11 @@
 """Packs one or two WordPiece segments into BERT's fixed-length inputs."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
+
+PADDING_MODES = ("max_length", "longest")
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -17,8 +20,14 @@ class BertPacker(keras.layers.Layer):
     `create_pretraining_data.truncate_seq_pair` and `run_classifier`'s layout.
 
     Args:
-        sequence_length: int, length of every packed row.
+        sequence_length: int, length of every packed row (with
+            `padding="max_length"`), or the longest allowed row (with
+            `padding="longest"`).
         cls_id, sep_id, pad_id: int ids of `[CLS]`, `[SEP]`, `[PAD]`.
+        padding: "max_length" (default) pads every row to `sequence_length`;
+            "longest" pads to the longest row of the call's batch (at most
+            `sequence_length`), which is what length-bucketed fine-tuning
+            batches want.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -26,24 +35,32 @@ class BertPacker(keras.layers.Layer):
             of one or two of them (segments A and B).
 
     Returns:
-        dict of int32 `(batch_size, sequence_length)` tensors: `token_ids`,
+        dict of int32 `(batch_size, sequence_length)` tensors (or
+        `(batch_size, longest)` with `padding="longest"`): `token_ids`,
         `segment_ids` (0 for `[CLS]`, A and its `[SEP]`; 1 for B and its
         `[SEP]`), `padding_mask` (1 real, 0 padding).
 
     Raises:
         ValueError: `sequence_length` too short for the special tokens, more
-            than two segments, or segments that are not ragged rank 2.
+            than two segments, segments that are not ragged rank 2, or an
+            unknown `padding`.
     """
 
-    def __init__(self, sequence_length, cls_id, sep_id, pad_id=0, **kwargs):
+    def __init__(self, sequence_length, cls_id, sep_id, pad_id=0, padding="max_length", **kwargs):
         kwargs.pop("dtype", None)
         kwargs.setdefault("trainable", False)
         super().__init__(dtype="int32", **kwargs)
-        if not isinstance(sequence_length, int) or sequence_length < 2:
+        if padding not in PADDING_MODES:
+            raise ValueError(f"`padding` must be one of {PADDING_MODES}; received {padding!r}.")
+        is_int = isinstance(sequence_length, (int, np.integer)) and not isinstance(
+            sequence_length, bool
+        )
+        if not is_int or sequence_length < 2:
             raise ValueError(
                 f"`sequence_length` must be an int >= 2; received {sequence_length!r}."
             )
-        self.sequence_length = sequence_length
+        self.sequence_length = int(sequence_length)
+        self.padding = padding
         self.cls_id = cls_id
         self.sep_id = sep_id
         self.pad_id = pad_id
@@ -70,12 +87,17 @@ class BertPacker(keras.layers.Layer):
         token_ids, segment_ids = tf_text.combine_segments(
             segments, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id
         )
-        token_ids, padding_mask = tf_text.pad_model_inputs(
-            token_ids, max_seq_length=self.sequence_length, pad_value=self.pad_id
-        )
-        segment_ids, _ = tf_text.pad_model_inputs(
-            segment_ids, max_seq_length=self.sequence_length, pad_value=0
-        )
+        if self.padding == "longest":
+            padding_mask = tf.ones_like(token_ids).to_tensor(0)
+            token_ids = token_ids.to_tensor(self.pad_id)
+            segment_ids = segment_ids.to_tensor(0)
+        else:
+            token_ids, padding_mask = tf_text.pad_model_inputs(
+                token_ids, max_seq_length=self.sequence_length, pad_value=self.pad_id
+            )
+            segment_ids, _ = tf_text.pad_model_inputs(
+                segment_ids, max_seq_length=self.sequence_length, pad_value=0
+            )
         return {
             "token_ids": tf.cast(token_ids, tf.int32),
             "segment_ids": tf.cast(segment_ids, tf.int32),
@@ -91,6 +113,7 @@ class BertPacker(keras.layers.Layer):
                 "cls_id": self.cls_id,
                 "sep_id": self.sep_id,
                 "pad_id": self.pad_id,
+                "padding": self.padding,
             }
         )
         return config

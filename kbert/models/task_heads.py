@@ -1,0 +1,76 @@
+"""What the three fine-tuning models share: input handling, config and head checks."""
+
+import keras
+
+from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, check_input_dict
+
+
+class BertTaskModel(keras.Model):
+    """Base of the task models: a functional model over a `BertEncoder`.
+
+    Subclasses build their head in `__init__` and call `_build_graph`; this
+    class gives them input checks in `__call__`, `get_config`/`from_config`
+    that serialise the encoder, and the shared argument validation.
+    """
+
+    def _check_encoder(self, encoder):
+        if not isinstance(encoder, BertEncoder):
+            raise ValueError(
+                f"`encoder` must be a kbert BertEncoder; received {type(encoder).__name__}."
+            )
+
+    @staticmethod
+    def _check_dropout(dropout):
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
+        return float(dropout)
+
+    @staticmethod
+    def _encoder_inputs():
+        return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in INPUT_NAMES}
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_input_dict(inputs, INPUT_NAMES, type(self).__name__)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _head_config(self):
+        raise NotImplementedError
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+        }
+        config.update(self._head_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)
+
+
+def inference_copy(model, dtype="float32"):
+    """An uncompiled copy of a task model (or encoder) with the same weights, in `dtype`.
+
+    What to save and export after training: it carries no optimizer (so a
+    `.keras` file loads with `import kbert` alone) and computes in `dtype`
+    whatever policy training used (variables are float32 under the mixed
+    policies, so the weights copy exactly).
+
+    Args:
+        model: a `BertEncoder` or a task model (`BertClassifier`,
+            `BertTokenClassifier`, `BertSpanLabeler`).
+        dtype: Keras dtype policy name of the copy.
+    """
+    from kbert.models.bert_encoder import BertEncoder
+
+    if isinstance(model, BertEncoder):
+        copy = BertEncoder(**model.bert_config.to_dict(), dtype=dtype, name=model.name)
+    else:
+        encoder = inference_copy(model.encoder, dtype)
+        copy = type(model)(encoder, **model._head_config(), name=model.name)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,263 @@
+"""Exports of a fine-tuned `BertClassifier`: text-in SavedModel and MediaPipe-style TFLite.
+
+SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
+  * `serving_default`: `text` tf.string `(batch,)` (and `text_pair` for
+    two-segment tasks) -> float32 `probabilities` `(batch, num_classes)`,
+    tf.string `label` `(batch,)` (the class name from the label list),
+    int32 `label_id` `(batch,)`, float32 `logits`, and int32
+    `num_wordpieces` `(batch,)` (pieces before trimming, so a caller can see
+    that a text was cut to `sequence_length`). For regression (one output):
+    float32 `score` `(batch,)` and `num_wordpieces`.
+  * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
+    `(batch, length)` -> `probabilities`, `logits` (or `score`).
+TFLite (TFLite builtin ops only): int32 `ids`, `mask`, `segment_ids`
+`(1, sequence_length)` -> float32 `probabilities` `(1, num_classes)` in
+signature `serving_default`: the input names of the TFLite Task Library's
+and MediaPipe Tasks' BERT classifiers (MediaPipe Model Maker's export).
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kbert.models.bert_encoder import INPUT_NAMES
+from kbert.serving.saved_model import (
+    TEXT_SIGNATURE,
+    TOKEN_IDS_SIGNATURE,
+    ExportVerificationError,
+    run_saved_model_in_fresh_process,
+)
+from kbert.text.bert_text_preprocessor import BertTextPreprocessor
+
+TFLITE_SIGNATURE = "serving_default"
+# TFLite Task Library / MediaPipe Tasks input names -> kbert names.
+TFLITE_INPUT_NAMES = {"ids": "token_ids", "mask": "padding_mask", "segment_ids": "segment_ids"}
+
+
+def _head_outputs(model, features, regression):
+    logits = tf.cast(model(features, training=False), tf.float32)
+    if regression:
+        return {"score": logits[:, 0]}
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+
+def export_classifier_saved_model(model, tokenizer, export_base, label_list=None,
+                                  sequence_length=128, num_segments=1, version=1):
+    """Writes a `BertClassifier` with its tokenizer as a TF Serving SavedModel.
+
+    Args:
+        model: `kbert.models.BertClassifier` (float32 weights recommended).
+        tokenizer: the `kbert.text.BertTokenizer` it was trained with.
+        export_base: str, the model base folder (TF Serving's `--model_base_path`).
+        label_list: list of str class names (id = index); None for regression.
+        sequence_length: int <= `max_position_embeddings`, the packed length.
+        num_segments: 1 (`text`) or 2 (`text`, `text_pair`).
+        version: int >= 1, the version subfolder.
+
+    Returns:
+        str, the path `export_base/version`.
+
+    Raises:
+        ValueError: a label list that does not match the model's outputs,
+            `sequence_length` above `max_position_embeddings`, a bad
+            `num_segments` or `version`, or an existing version folder.
+    """
+    regression = model.num_classes == 1
+    if not regression and (label_list is None or len(label_list) != model.num_classes):
+        raise ValueError(
+            f"label_list {label_list} must name the model's {model.num_classes} classes."
+        )
+    limit = model.encoder.bert_config.max_position_embeddings
+    if sequence_length > limit:
+        raise ValueError(
+            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
+        )
+    if num_segments not in (1, 2):
+        raise ValueError(f"num_segments={num_segments} must be 1 or 2.")
+    if version < 1:
+        raise ValueError(f"version={version} must be >= 1.")
+    path = os.path.join(export_base, str(version))
+    if os.path.exists(path):
+        raise ValueError(f"{path} exists; export to a new version or remove it.")
+    preprocessor = BertTextPreprocessor(tokenizer, sequence_length)
+    labels = None if regression else tf.constant([str(x) for x in label_list])
+
+    def serve_text(*texts):
+        features = preprocessor(tuple(texts) if len(texts) == 2 else texts[0])
+        outputs = _head_outputs(model, features, regression)
+        pieces = sum(tokenizer(t).row_lengths() for t in texts)
+        outputs["num_wordpieces"] = tf.cast(pieces, tf.int32)
+        if not regression:
+            label_id = tf.argmax(outputs["probabilities"], axis=-1, output_type=tf.int32)
+            outputs["label_id"] = label_id
+            outputs["label"] = tf.gather(labels, label_id)
+        return outputs
+
+    def serve_token_ids(token_ids, segment_ids, padding_mask):
+        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        return _head_outputs(model, features, regression)
+
+    names = ["text", "text_pair"][:num_segments]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(preprocessor)
+    archive.add_endpoint(
+        TEXT_SIGNATURE, serve_text,
+        input_signature=[tf.TensorSpec([None], tf.string, name=n) for n in names],
+    )
+    archive.add_endpoint(
+        TOKEN_IDS_SIGNATURE, serve_token_ids,
+        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
+    )
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def export_classifier_tflite(model, path, sequence_length=128):
+    """Converts a `BertClassifier` to a TFLite file with MediaPipe's input names.
+
+    Inputs (signature `serving_default`): int32 `ids`, `mask`, `segment_ids`
+    `(1, sequence_length)`; output float32 `probabilities` `(1, num_classes)`
+    (`score` `(1,)` for regression). TFLite builtin ops only.
+
+    Args:
+        model: `kbert.models.BertClassifier`.
+        path: str, the `.tflite` file to write.
+        sequence_length: int <= `max_position_embeddings`.
+
+    Returns:
+        bytes, the flatbuffer (also written to `path`).
+
+    Raises:
+        ValueError: `sequence_length` above `max_position_embeddings`.
+    """
+    limit = model.encoder.bert_config.max_position_embeddings
+    if sequence_length > limit:
+        raise ValueError(
+            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
+        )
+    regression = model.num_classes == 1
+
+    def serve(ids, mask, segment_ids):
+        features = {"token_ids": ids, "segment_ids": segment_ids, "padding_mask": mask}
+        outputs = _head_outputs(model, features, regression)
+        return {"score": outputs["score"]} if regression else {
+            "probabilities": outputs["probabilities"]
+        }
+
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            TFLITE_SIGNATURE, serve,
+            input_signature=[
+                tf.TensorSpec([1, sequence_length], tf.int32, name=n) for n in TFLITE_INPUT_NAMES
+            ],
+        )
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            saved_model_dir, signature_keys=[TFLITE_SIGNATURE]
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        flatbuffer = converter.convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return flatbuffer
+
+
+def run_classifier_tflite(path, features):
+    """Runs a file from `export_classifier_tflite` row by row on packed features.
+
+    Args:
+        path: str, the `.tflite` file.
+        features: dict of int32 `(batch, sequence_length)` arrays with kbert
+            names (`token_ids`, `segment_ids`, `padding_mask`), the file's length.
+
+    Returns:
+        float32 array: `(batch, num_classes)` probabilities or `(batch,)` scores.
+
+    Raises:
+        ValueError: features of another length than the file's (both named).
+    """
+    interpreter = tf.lite.Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner(TFLITE_SIGNATURE)
+    expected = int(runner.get_input_details()["ids"]["shape"][1])
+    length = np.asarray(features["token_ids"]).shape[1]
+    if length != expected:
+        raise ValueError(f"{path} takes sequences of length {expected}; received {length}.")
+    rows = []
+    for i in range(len(features["token_ids"])):
+        inputs = {
+            tflite_name: np.asarray(features[name][i:i + 1], np.int32)
+            for tflite_name, name in TFLITE_INPUT_NAMES.items()
+        }
+        result = runner(**inputs)
+        rows.append(result["score"] if "score" in result else result["probabilities"])
+    return np.concatenate(rows, axis=0)
+
+
+def verify_classifier_exports(model, tokenizer, texts, saved_model_path=None, tflite_path=None,
+                              label_list=None, text_pairs=None, sequence_length=128, atol=1e-4):
+    """Checks the exports of a classifier against the Keras model on `texts`.
+
+    The SavedModel runs in a fresh process (as TF Serving loads it); the
+    TFLite file in the TFLite interpreter. Both must agree with `model` on
+    every predicted label and within `atol` on probabilities (scores).
+
+    Args:
+        model: the `BertClassifier` that was exported.
+        tokenizer: its `BertTokenizer`.
+        texts: list of str (and `text_pairs` for two-segment models).
+        saved_model_path, tflite_path: str paths of the artifacts to check.
+        label_list: class names (None for regression).
+        sequence_length: the packed length both artifacts use.
+        atol: float, the largest allowed absolute difference.
+
+    Returns:
+        dict artifact -> {"max_abs_diff", "label_agreement"}.
+
+    Raises:
+        ExportVerificationError: a difference above `atol`, a label that
+            differs, or an artifact that fails to load.
+    """
+    segments = (texts,) if text_pairs is None else (texts, text_pairs)
+    preprocessor = BertTextPreprocessor(tokenizer, sequence_length)
+    features = {
+        k: v.numpy()
+        for k, v in preprocessor(tuple(segments) if len(segments) == 2 else texts).items()
+    }
+    regression = model.num_classes == 1
+    expected = _head_outputs(model, features, regression)
+    expected = (expected["score"] if regression else expected["probabilities"]).numpy()
+    report = {}
+
+    def compare(name, actual, actual_labels=None):
+        diff = float(np.abs(actual - expected).max())
+        agreement = 1.0
+        if not regression:
+            predicted = actual.argmax(-1) if actual_labels is None else actual_labels
+            agreement = float(np.mean(predicted == expected.argmax(-1)))
+        report[name] = {"max_abs_diff": diff, "label_agreement": agreement}
+        if not diff <= atol or agreement < 1.0:
+            raise ExportVerificationError(
+                f"{name} differs from the Keras model: max abs difference {diff:.3g} "
+                f"(atol {atol}), label agreement {agreement:.4f}."
+            )
+
+    if saved_model_path:
+        inputs = {"text": list(texts)}
+        if text_pairs is not None:
+            inputs["text_pair"] = list(text_pairs)
+        out = run_saved_model_in_fresh_process(saved_model_path, inputs)
+        if regression:
+            compare(f"SavedModel {saved_model_path}", out["score"])
+        else:
+            names = [str(x) for x in label_list]
+            returned = [names.index(str(x)) for x in out["label"]]
+            compare(f"SavedModel {saved_model_path}", out["probabilities"], np.array(returned))
+    if tflite_path:
+        compare(f"TFLite {tflite_path}", run_classifier_tflite(tflite_path, features))
+    return report

@@ -1,0 +1,122 @@
+"""What every kbert program does around training: quiet logs, run folders, starting points."""
+
+import json
+import os
+import shutil
+import sys
+
+from absl import logging
+
+
+class RunError(ValueError):
+    """A run folder or flag combination that cannot be used; the message says why."""
+
+
+def quiet_logging(verbosity_requested):
+    """Keeps TensorFlow's and absl's INFO chatter off the console unless asked for.
+
+    Args:
+        verbosity_requested: bool, the user passed `--verbosity` (then absl
+            and TensorFlow log as asked).
+    """
+    if verbosity_requested:
+        return
+    logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+
+
+def progress_verbosity():
+    """`model.fit` verbosity: 1 (progress bar) on a terminal, 2 (one line per epoch) otherwise."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def check_run_config(path, wanted, what):
+    """Refuses to reuse a run folder whose saved settings differ from `wanted`; saves them if new.
+
+    Args:
+        path: str, JSON file of the run's settings (e.g. `MODEL_DIR/task_config.json`).
+        wanted: dict, the settings of this invocation.
+        what: str naming the settings in the error.
+
+    Raises:
+        RunError: the file exists with other values (each change listed as
+            saved -> requested).
+    """
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            existing = json.load(f)
+        changed = {
+            k: (existing.get(k), wanted.get(k))
+            for k in sorted(set(existing) | set(wanted))
+            if existing.get(k) != wanted.get(k)
+        }
+        if changed:
+            details = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise RunError(
+                f"{os.path.dirname(path)} holds a run with other {what} ({details}). "
+                "Use a new --model_dir, or the original flags to resume."
+            )
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(wanted, f, indent=2)
+
+
+def load_starting_point(model_dir, init_checkpoint=None, vocab_file=None, preset=None,
+                        lowercase=None, dtype=None):
+    """The encoder and tokenizer a fine-tuning run starts from; copies the vocabulary into the run.
+
+    Either `init_checkpoint` (any format `kbert.checkpoints.load` reads; the
+    tokenizer is the `vocab.txt` beside it, casing from its
+    `tokenizer_config.json` or the vocabulary), or `vocab_file` + `preset`
+    for a randomly initialised encoder. Writes `MODEL_DIR/vocab.txt` and
+    `MODEL_DIR/tokenizer_config.json` (`{"do_lower_case": ...}`, HF's key).
+    Call inside the strategy scope (the encoder's variables are created here).
+
+    Args:
+        model_dir: str, the run folder (must exist).
+        init_checkpoint: str path, or None.
+        vocab_file, preset: str, used when `init_checkpoint` is None.
+        lowercase: optional bool overriding the casing.
+        dtype: Keras dtype policy name for the encoder.
+
+    Returns:
+        (encoder, tokenizer, vocab_path).
+
+    Raises:
+        RunError: neither or both starting points, a missing file, or a
+            vocabulary whose size differs from the encoder's.
+    """
+    from kbert import checkpoints, models, text
+
+    if bool(init_checkpoint) == bool(vocab_file):
+        raise RunError("Give --init_checkpoint (a pretrained BERT) or --vocab_file with --preset.")
+    if init_checkpoint:
+        try:
+            encoder = checkpoints.load(init_checkpoint, dtype=dtype)
+            tokenizer = checkpoints.load_tokenizer(init_checkpoint, lowercase=lowercase)
+        except (FileNotFoundError, ValueError) as e:
+            raise RunError(f"--init_checkpoint={init_checkpoint}: {e}") from e
+        source_vocab = os.path.join(
+            init_checkpoint if os.path.isdir(init_checkpoint)
+            else os.path.dirname(os.path.abspath(init_checkpoint)),
+            "vocab.txt",
+        )
+    else:
+        if not os.path.isfile(vocab_file):
+            raise RunError(f"--vocab_file={vocab_file} does not exist.")
+        tokenizer = text.BertTokenizer(vocab_file, lowercase=True if lowercase is None else lowercase)
+        encoder = models.BertEncoder.from_preset(preset, dtype=dtype, vocab_size=tokenizer.vocab_size)
+        source_vocab = vocab_file
+    if tokenizer.vocab_size != encoder.bert_config.vocab_size:
+        raise RunError(
+            f"The vocabulary {source_vocab} has {tokenizer.vocab_size} tokens but the encoder's "
+            f"vocab_size is {encoder.bert_config.vocab_size}."
+        )
+    vocab_path = os.path.join(model_dir, "vocab.txt")
+    if os.path.abspath(source_vocab) != os.path.abspath(vocab_path):
+        shutil.copyfile(source_vocab, vocab_path)
+    with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"do_lower_case": tokenizer.lowercase}, f)
+    return encoder, tokenizer, vocab_path
