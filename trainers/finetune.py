@@ -40,6 +40,9 @@ flags.DEFINE_string("preset", "bert_tiny", "Architecture when starting from scra
 flags.DEFINE_bool("lowercase", None, "Override the tokenizer casing found beside the checkpoint.")
 flags.DEFINE_list("text_columns", ["sentence"], "TSV: one or two text column names (segment A, B).")
 flags.DEFINE_string("label_column", "label", "TSV: the label column name.")
+flags.DEFINE_integer("doc_stride", 128, "SQuAD: offset between context window starts, in word pieces.", lower_bound=1)
+flags.DEFINE_integer("max_query_length", 64, "SQuAD: question word pieces kept.", lower_bound=1)
+flags.DEFINE_bool("version_2_with_negative", False, "SQuAD 2.0: questions may have no answer.")
 flags.DEFINE_enum("tag_field", "upos", ["upos", "xpos"], "CoNLL-U: the tag column to learn.")
 flags.DEFINE_integer("sequence_length", 128, "Longest packed example; batches are padded to their longest.", lower_bound=3)
 flags.DEFINE_integer("global_batch_size", 32, "Examples per step, over all replicas.", lower_bound=1)
@@ -80,7 +83,12 @@ def _build_task(tokenizer):
             sequence_length=FLAGS.sequence_length, global_batch_size=FLAGS.global_batch_size,
             tag_field=FLAGS.tag_field, seed=FLAGS.seed,
         )
-    _fail(f"--task={FLAGS.task} is not available yet.")
+    return tasks.SquadTask(
+        FLAGS.train_file, FLAGS.eval_file, tokenizer, sequence_length=FLAGS.sequence_length,
+        doc_stride=FLAGS.doc_stride, max_query_length=FLAGS.max_query_length,
+        global_batch_size=FLAGS.global_batch_size,
+        version_2_with_negative=FLAGS.version_2_with_negative, seed=FLAGS.seed,
+    )
 
 
 def main(argv):
@@ -176,8 +184,7 @@ def main(argv):
     ]
     print(
         f"{FLAGS.task}: {task.num_train_examples} training examples "
-        f"({task.num_truncated} over --sequence_length={FLAGS.sequence_length}: "
-        f"{'split' if FLAGS.task == 'tagging' else 'trimmed'}), "
+        f"({task.length_note}), "
         f"{task.num_eval_examples} evaluation examples; {len(schedule)} epochs of "
         f"{task.steps_per_epoch} steps; starting at step {start_step} of {total_steps}.",
         flush=True,
@@ -215,16 +222,18 @@ def main(argv):
             min(trained_steps * FLAGS.global_batch_size, task.num_train_examples * len(schedule))
             / max(train_seconds, 1e-9), 1
         )
-    if FLAGS.export and hasattr(task, "export"):
+    if FLAGS.export:
         from kbert.serving import ExportVerificationError
 
+        export_dir = os.path.join(FLAGS.model_dir, "export")
+        os.makedirs(export_dir, exist_ok=True)
+        log = os.path.join(export_dir, "export.log")
         try:
-            summary["export"] = task.export(
-                final, tokenizer, os.path.join(FLAGS.model_dir, "export"), FLAGS.sequence_length
-            )
+            with runs.stderr_to_file(log):
+                summary["export"] = task.export(final, tokenizer, export_dir, FLAGS.sequence_length)
         except ExportVerificationError as e:
             finetuning.write_json(os.path.join(FLAGS.model_dir, "metrics.json"), summary)
-            _fail(f"export check failed: {e}")
+            _fail(f"export check failed (details in {log}): {e}")
     finetuning.write_json(os.path.join(FLAGS.model_dir, "metrics.json"), summary)
     print("\nResult (best epoch, evaluation file):")
     for k, v in (summary["best"] or {}).items():
@@ -233,8 +242,7 @@ def main(argv):
     if trained_steps:
         print(f"  {'train sequences/s':<24} {summary['train_sequences_per_second']}")
     for name, check in (summary.get("export") or {}).get("checked", {}).items():
-        print(f"  {name}: max abs diff {check['max_abs_diff']:.2g}, "
-              f"label agreement {check['label_agreement']:.2%}")
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in check.items()))
     print(f"Details: {os.path.join(FLAGS.model_dir, 'metrics.json')}", flush=True)
 
 

@@ -67,8 +67,8 @@ def read_tsv(path, text_columns, label_column=None, label_list=None, regression=
     Raises:
         FileNotFoundError: no such file.
         ValueError: (each naming the file, line and value) a missing column
-            (listing the header), a row with too few fields, an empty text, a
-            label not in `label_list`, a non-numeric regression label, one
+            (listing the header), a row with too few fields, an empty text or
+            label, a label not in `label_list`, a non-numeric regression label, one
             class only, or a file with no examples.
     """
     text_columns = list(text_columns)
@@ -102,7 +102,11 @@ def read_tsv(path, text_columns, label_column=None, label_list=None, regression=
                 raise ValueError(f"{path}:{line}: empty text in column {name!r}.")
             texts[column].append(text)
         if label_column is not None:
-            raw_labels.append(row[index[-1]].strip())
+            label = row[index[-1]].strip()
+            if not label:
+                # Not a class of its own (it would also turn numeric label order into string order).
+                raise ValueError(f"{path}:{line}: empty label in column {label_column!r}.")
+            raw_labels.append(label)
         lines.append(line)
     if not lines:
         raise ValueError(f"{path} has a header but no examples.")

@@ -1,5 +1,6 @@
 """What every kbert program does around training: quiet logs, run folders, starting points."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -120,3 +121,24 @@ def load_starting_point(model_dir, init_checkpoint=None, vocab_file=None, preset
     with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump({"do_lower_case": tokenizer.lowercase}, f)
     return encoder, tokenizer, vocab_path
+
+
+@contextlib.contextmanager
+def stderr_to_file(path):
+    """Sends everything written to the process's stderr (fd 2) to `path` while in the block.
+
+    TensorFlow's converters and kernels log from C++ before absl's logging is
+    initialised, past `TF_CPP_MIN_LOG_LEVEL`; this keeps that chatter in a log
+    file of the run instead of on the user's console. Python exceptions still
+    propagate; the log keeps their context.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

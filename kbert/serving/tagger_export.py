@@ -1,0 +1,159 @@
+"""Export of a fine-tuned `BertTokenClassifier`: words in, one tag per word out.
+
+SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
+  * `serving_default`: `text` tf.string `(batch,)`, words separated by
+    whitespace (as in CoNLL files: punctuation is its own word when the
+    text says so) -> tf.string `tags` `(batch, max_words)` (one tag per
+    word, "" past a row's end), int32 `num_words` `(batch,)` and int32
+    `num_tagged_words` `(batch,)` (words whose first piece fit
+    `sequence_length`; the rest get "", so a cut sentence is visible).
+  * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
+    `(batch, length)` -> float32 `logits` `(batch, length, num_classes)`.
+Each word is tagged from its first word piece (Devlin et al. 2019, section 5.3).
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kbert.models.bert_encoder import INPUT_NAMES
+from kbert.serving.saved_model import (
+    TEXT_SIGNATURE,
+    TOKEN_IDS_SIGNATURE,
+    ExportVerificationError,
+    run_saved_model_in_fresh_process,
+)
+from kbert.text.bert_word_packer import BertWordPacker
+
+
+def _check_export_args(model, label_list, sequence_length, version, path):
+    if len(label_list) != model.num_classes:
+        raise ValueError(
+            f"label_list has {len(label_list)} tags but the model has {model.num_classes} classes."
+        )
+    limit = model.encoder.bert_config.max_position_embeddings
+    if sequence_length > limit:
+        raise ValueError(
+            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
+        )
+    if version < 1:
+        raise ValueError(f"version={version} must be >= 1.")
+    if os.path.exists(path):
+        raise ValueError(f"{path} exists; export to a new version or remove it.")
+
+
+def tag_words(model, packer, label_list, words):
+    """Tags a ragged batch of words with `model`, in the graph.
+
+    Args:
+        model: `BertTokenClassifier`.
+        packer: `BertWordPacker`.
+        label_list: tf.string tensor of tag names.
+        words: tf.string `tf.RaggedTensor` `(batch, None)`.
+
+    Returns:
+        dict: tf.string `tags` `(batch, max_words)`, int32 `num_words`,
+        int32 `num_tagged_words`.
+    """
+    features = packer(words)
+    word_ids = features.pop("word_ids")
+    logits = model(features, training=False)
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    previous = tf.pad(word_ids[:, :-1], [[0, 0], [1, 0]], constant_values=-1)
+    is_first = (word_ids >= 0) & (word_ids != previous)
+    first_tags = tf.ragged.boolean_mask(tf.gather(label_list, predicted), is_first)
+    num_words = tf.cast(words.row_lengths(), tf.int32)
+    width = tf.reduce_max(tf.concat([num_words, [0]], axis=0))
+    tags = first_tags.to_tensor(
+        default_value="", shape=tf.stack([first_tags.nrows(), tf.cast(width, tf.int64)])
+    )
+    return {
+        "tags": tags,
+        "num_words": num_words,
+        "num_tagged_words": tf.cast(first_tags.row_lengths(), tf.int32),
+    }
+
+
+def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequence_length=128,
+                              version=1):
+    """Writes a `BertTokenClassifier` with its tokenizer as a TF Serving SavedModel.
+
+    Args:
+        model: `kbert.models.BertTokenClassifier`.
+        tokenizer: its `kbert.text.BertTokenizer`.
+        export_base: str, the model base folder.
+        label_list: list of str tags (id = index).
+        sequence_length: int, word pieces per sentence with `[CLS]`/`[SEP]`.
+        version: int >= 1.
+
+    Returns:
+        str, the path `export_base/version`.
+
+    Raises:
+        ValueError: a label list of the wrong size, `sequence_length` above
+            `max_position_embeddings`, a bad or existing version.
+    """
+    path = os.path.join(export_base, str(version))
+    _check_export_args(model, label_list, sequence_length, version, path)
+    packer = BertWordPacker(tokenizer, sequence_length)
+    labels = tf.constant([str(x) for x in label_list])
+
+    def serve_text(text):
+        return tag_words(model, packer, labels, tf.strings.split(text))
+
+    def serve_token_ids(token_ids, segment_ids, padding_mask):
+        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        return {"logits": tf.cast(model(features, training=False), tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(packer)
+    archive.add_endpoint(
+        TEXT_SIGNATURE, serve_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+    )
+    archive.add_endpoint(
+        TOKEN_IDS_SIGNATURE, serve_token_ids,
+        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
+    )
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def verify_tagger_saved_model(path, model, tokenizer, label_list, sentences, sequence_length=128):
+    """Checks a tagger SavedModel (in a fresh process) against the Keras model.
+
+    Args:
+        path: the SavedModel folder.
+        model, tokenizer, label_list: what was exported.
+        sentences: list of lists of words (no word may contain whitespace).
+        sequence_length: the export's packed length.
+
+    Returns:
+        dict {"tag_agreement": float, "num_words": int}.
+
+    Raises:
+        ExportVerificationError: any tag differs, or the load fails.
+    """
+    texts = [" ".join(words) for words in sentences]
+    packer = BertWordPacker(tokenizer, sequence_length)
+    expected = tag_words(
+        model, packer, tf.constant([str(x) for x in label_list]), tf.ragged.constant(sentences)
+    )
+    out = run_saved_model_in_fresh_process(path, texts)
+    want = expected["tags"].numpy().astype(str)
+    got = np.asarray(out["tags"]).astype(str)
+    if want.shape != got.shape:
+        raise ExportVerificationError(
+            f"SavedModel {path} returned tags of shape {got.shape}; Keras gives {want.shape}."
+        )
+    real = want != ""
+    agreement = float(np.mean(want[real] == got[real])) if real.any() else 1.0
+    if agreement < 1.0 or not np.array_equal(
+        np.asarray(out["num_tagged_words"]), expected["num_tagged_words"].numpy()
+    ):
+        raise ExportVerificationError(
+            f"SavedModel {path} differs from the Keras model: tag agreement {agreement:.4f}."
+        )
+    return {"tag_agreement": agreement, "num_words": int(real.sum())}
