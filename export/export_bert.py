@@ -13,8 +13,12 @@ Example:
 
 import json
 import os
+import sys
 
-from absl import app, flags
+if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Folder written by trainers.pretrain.")
@@ -36,6 +40,11 @@ def main(argv):
     import tensorflow as tf
 
     from kbert import models, serving, text
+    from kbert.training import runs
+
+    runs.quiet_logging(FLAGS["verbosity"].present)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    log = os.path.join(FLAGS.output_dir, "export.log")
 
     for name in ("encoder.keras", "bert_config.json", "vocab.txt"):
         if not os.path.exists(os.path.join(FLAGS.model_dir, name)):
@@ -44,7 +53,9 @@ def main(argv):
     tokenizer_config = os.path.join(FLAGS.model_dir, "tokenizer_config.json")
     if os.path.exists(tokenizer_config):
         with open(tokenizer_config) as f:
-            lowercase = json.load(f)["lowercase"]
+            values = json.load(f)
+        # HuggingFace's key (written by kbert programs), or the older "lowercase".
+        lowercase = bool(values.get("do_lower_case", values.get("lowercase", True)))
     vocab_path = os.path.join(FLAGS.model_dir, "vocab.txt")
     tokenizer = text.BertTokenizer(vocab_path, lowercase=lowercase)
     trained = keras.saving.load_model(os.path.join(FLAGS.model_dir, "encoder.keras"))
@@ -67,13 +78,15 @@ def main(argv):
         print(f"  SavedModel pooled_output[:4] for {sentence!r}: {_head(pooled)}")
 
     tflite_path = os.path.join(FLAGS.output_dir, "bert.tflite")
-    serving.export_tflite(encoder, tflite_path, FLAGS.sequence_length, batch_size=1)
+    with runs.stderr_to_file(log):  # the converter's C++ logging goes to the log file
+        serving.export_tflite(encoder, tflite_path, FLAGS.sequence_length, batch_size=1)
     special = tokenizer.special_token_ids
     packer = text.BertPacker(FLAGS.sequence_length, special["cls"], special["sep"], special["pad"])
     for sentence in FLAGS.texts:
         features = {k: v.numpy() for k, v in packer(tokenizer(tf.constant([sentence]))).items()}
-        diff = serving.verify_tflite(tflite_path, encoder, features, FLAGS.atol)
-        pooled = serving.run_tflite(tflite_path, features)["pooled_output"][0]
+        with runs.stderr_to_file(log):
+            diff = serving.verify_tflite(tflite_path, encoder, features, FLAGS.atol)
+            pooled = serving.run_tflite(tflite_path, features)["pooled_output"][0]
         print(
             f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)} "
             f"(max abs diff vs Keras: {diff:.2e})"

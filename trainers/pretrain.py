@@ -18,9 +18,12 @@ import shutil
 import sys
 import time
 
-from absl import app, flags, logging
+if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from kbert.models.presets import PRESETS
+from absl import app, flags, logging  # noqa: E402
+
+from kbert.models.presets import PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, models).")
@@ -79,8 +82,9 @@ def _check_same_run(path, wanted, what):
 def main(argv):
     del argv
     # Strategies that configure devices must come before any other TF op.
-    from kbert.training import distribute
+    from kbert.training import distribute, runs
 
+    runs.quiet_logging(FLAGS["verbosity"].present)
     if FLAGS.num_cpu_devices:
         distribute.split_cpu(FLAGS.num_cpu_devices)
     strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
@@ -107,7 +111,7 @@ def main(argv):
         _fail(f"--vocab_file={FLAGS.vocab_file} does not exist.")
     _check_same_run(
         os.path.join(FLAGS.model_dir, "tokenizer_config.json"),
-        {"lowercase": FLAGS.lowercase}, "tokenizer casing",
+        {"do_lower_case": FLAGS.lowercase}, "tokenizer casing",
     )
     os.makedirs(FLAGS.model_dir, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
@@ -134,7 +138,7 @@ def main(argv):
               f"{FLAGS.vocab_size}) from {corpus}.", flush=True)
     tokenizer = text.BertTokenizer(vocab_path, lowercase=FLAGS.lowercase)
     with open(os.path.join(FLAGS.model_dir, "tokenizer_config.json"), "w") as f:
-        json.dump({"lowercase": FLAGS.lowercase}, f)
+        json.dump({"do_lower_case": FLAGS.lowercase}, f)
 
     config_path = os.path.join(FLAGS.model_dir, "bert_config.json")
     if not FLAGS.bert_config_file:
@@ -189,7 +193,7 @@ def main(argv):
                 ),
             ],
             shuffle=False,  # the dataset is shuffled (seeded) by kbert.data
-            verbose=2,
+            verbose=runs.progress_verbosity(),
         )
     elapsed = time.time() - started
     model.save(os.path.join(FLAGS.model_dir, "pretrainer.keras"))
