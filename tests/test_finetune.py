@@ -113,7 +113,7 @@ def sst2_small(tmp_path):
 def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab):
     train, dev = sst2_small
     model_dir = tmp_path / "run"
-    args = [f"--task=classification", f"--train_file={train}", f"--eval_file={dev}",
+    args = ["--task=classification", f"--train_file={train}", f"--eval_file={dev}",
             f"--vocab_file={uncased_vocab}", "--preset=bert_tiny", f"--model_dir={model_dir}",
             "--num_epochs=2", "--global_batch_size=16", "--sequence_length=32",
             "--learning_rate=1e-3"]

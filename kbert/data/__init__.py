@@ -2,6 +2,7 @@
 
 from kbert.data.batching import batches_per_epoch, padded_batches_dataset, plan_batches
 from kbert.data.classification import TextExamples, encode_texts, read_tsv, text_dataset
+from kbert.data.conll import TaggedSentence, read_conll, read_conllu
 from kbert.data.corpus import merge_short_documents, read_documents, write_default_corpus
 from kbert.data.pretraining import (
     FEATURE_NAMES,
@@ -17,18 +18,15 @@ from kbert.data.squad import (
     SquadFeatures,
     SquadWindow,
     create_squad_features,
-    postprocess_squad,
     read_squad_examples,
 )
+from kbert.data.squad_postprocessing import postprocess_squad
 from kbert.data.tagging import (
     IGNORE_LABEL,
-    TaggedSentence,
     TaggingExamples,
     build_label_list,
     encode_tagged_sentences,
     ids_to_tags,
-    read_conll,
-    read_conllu,
     tagging_dataset,
     word_predictions,
 )

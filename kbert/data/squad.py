@@ -8,21 +8,22 @@ called on all words of all contexts in a few batched calls. Instead of
 span in the context (a Python replay of BERT's BasicTokenizer), so an answer is
 the exact sub-string of the context, with its offsets, also where the
 heuristic gives up (NFD accents, `[UNK]` pieces, a repeated sub-string).
+Those span helpers live in `kbert.data.squad_tokenization`; `postprocess_squad`
+lives in `kbert.data.squad_postprocessing` and is re-exported here.
 """
 
 import bisect
-import collections
 import dataclasses
 import json
 import re
-import unicodedata
 
 import numpy as np
 import tensorflow as tf
 
-# BERT `_is_chinese_char`: CJK Unified Ideographs blocks (not Hangul/Kana).
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+# Re-exported: `from kbert.data.squad import postprocess_squad` keeps working.
+from kbert.data.squad_postprocessing import postprocess_squad  # noqa: F401
+from kbert.data.squad_tokenization import _piece_char_spans, _tokenize
+
 _INPUT_NAMES = ("token_ids", "segment_ids", "padding_mask")
 _LABEL_NAMES = ("start_positions", "end_positions")
 
@@ -133,93 +134,6 @@ def read_squad_examples(path, version_2_with_negative=False):
                 example.orig_answer_text = text
             examples.append(example)
     return examples
-
-
-def _is_punctuation(char):
-    """BERT `_is_punctuation`: ASCII non-alphanumeric symbols and Unicode P*."""
-    cp = ord(char)
-    return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
-            or unicodedata.category(char).startswith("P"))
-
-
-def _basic_tokens(text, lowercase):
-    """BERT's BasicTokenizer in Python, keeping where each character came from.
-
-    Deletes NUL, U+FFFD and control/format characters (Cc but tab/newline/
-    return, Cf); splits on whitespace (space, tab, newline, return, Zs); makes
-    each CJK ideograph and each punctuation character its own token; with
-    `lowercase`, lower-cases, NFD-decomposes and deletes Mn marks. Mirrors
-    `kbert.text.normalization.normalize_text` plus the tensorflow-text split.
-
-    Returns:
-        list of tokens, each a list with, for every character of the
-        normalised token, the `[start, end)` span in `text` it came from. A
-        combining mark deleted by `lowercase` joins the span before it, so
-        "e\u0301" maps back whole.
-    """
-    tokens, current = [], None
-    for i, char in enumerate(text):
-        category = unicodedata.category(char)
-        if char in "\x00\ufffd" or (category in ("Cc", "Cf") and char not in "\t\n\r"):
-            continue
-        if char in " \t\n\r" or category == "Zs":
-            current = None
-            continue
-        if any(lo <= ord(char) <= hi for lo, hi in _CJK_RANGES):
-            tokens.append([[i, i + 1]])
-            current = None
-            continue
-        normal = char
-        if lowercase:
-            normal = unicodedata.normalize("NFD", char.lower())
-            normal = "".join(c for c in normal if unicodedata.category(c) != "Mn")
-            if not normal and current:
-                current[-1][1] = i + 1
-        for c in normal:
-            if _is_punctuation(c):
-                tokens.append([[i, i + 1]])
-                current = None
-            else:
-                if current is None:
-                    current = []
-                    tokens.append(current)
-                current.append([i, i + 1])
-    return tokens
-
-
-def _piece_char_spans(word, pieces, lowercase):
-    """Character span `(start, end)` in `word` of each WordPiece string of it.
-
-    A piece not starting with `##` opens a new basic token. If the pieces do
-    not line up with `_basic_tokens` (count or length), each piece gets the
-    span of its whole basic token, or of the whole word.
-    """
-    tokens = _basic_tokens(word, lowercase)
-    starts = [k for k, p in enumerate(pieces) if not p.startswith("##")]
-    if len(starts) != len(tokens):
-        return [(0, len(word))] * len(pieces)
-    spans = []
-    for token, begin, end in zip(tokens, starts, starts[1:] + [len(pieces)]):
-        lengths = [len(p) - 2 * p.startswith("##") for p in pieces[begin:end]]
-        if pieces[begin] == "[UNK]" or sum(lengths) != len(token):
-            spans.extend([(token[0][0], token[-1][1])] * (end - begin))
-            continue
-        offset = 0
-        for n in lengths:
-            spans.append((token[offset][0], token[offset + n - 1][1]))
-            offset += n
-    return spans
-
-
-def _tokenize(tokenizer, texts, chunk_size=50_000):
-    """Batched `tokenizer` calls; returns one list of int ids per text."""
-    out = []
-    for i in range(0, len(texts), chunk_size):
-        ragged = tokenizer(list(texts[i:i + chunk_size]))
-        values = ragged.values.numpy().tolist()
-        bounds = np.cumsum(ragged.row_lengths().numpy()).tolist()
-        out.extend(values[a:b] for a, b in zip([0] + bounds[:-1], bounds))
-    return out
 
 
 @dataclasses.dataclass
@@ -445,83 +359,3 @@ def _improve_answer_span(pieces, first, last, answer_pieces):
                 return start, end
     return first, last
 
-
-def postprocess_squad(examples, features, start_logits, end_logits, n_best_size=20,
-                      max_answer_length=30, version_2_with_negative=False,
-                      null_score_diff_threshold=0.0):
-    """Turns start/end logits into answers (run_squad `write_predictions`).
-
-    For each example, the `n_best_size` highest start and end logits of each
-    of its windows are paired; a pair is valid when both positions are context
-    pieces, `start <= end`, `end - start + 1 <= max_answer_length` and the
-    start piece has its maximum context in that window. The best valid pair by
-    `start_logit + end_logit` wins; its text is the original context from the
-    start piece's first character to the end piece's last (original casing,
-    accents and punctuation; whitespace inside the span kept as in the context).
-    With `version_2_with_negative`, the null score is the lowest
-    `start_logits[0] + end_logits[0]` over the example's windows, and the
-    prediction is "" when `null_score - best_score > null_score_diff_threshold`.
-
-    Args:
-        examples: list of `SquadExample` given to `create_squad_features`.
-        features: the `SquadFeatures` (or list of `SquadWindow`) built from them.
-        start_logits, end_logits: one float array per window, each at least
-            as long as the window (positions past it, padding, are ignored).
-        n_best_size: int, candidates per window for start and for end.
-        max_answer_length: int, longest answer in pieces.
-        version_2_with_negative: bool, allow the empty (no-answer) prediction.
-        null_score_diff_threshold: float.
-
-    Returns:
-        dict qas_id -> {"text": str, "start_char": int or None, "end_char": int
-        or None (exclusive; `context_text[start_char:end_char] == text`),
-        "score": float}; v2.0 adds "null_score_diff". No valid pair (and no
-        v2.0 null) gives text "" and score -inf.
-
-    Raises:
-        ValueError: logits count differs from the windows, or a logits array is
-            shorter than its window.
-    """
-    windows = list(features)
-    if len(start_logits) != len(windows) or len(end_logits) != len(windows):
-        raise ValueError(f"Got {len(start_logits)} start and {len(end_logits)} end logits "
-                         f"arrays for {len(windows)} windows.")
-    by_example = collections.defaultdict(list)
-    for i, window in enumerate(windows):
-        by_example[window.example_index].append(i)
-    predictions = {}
-    for example_index, example in enumerate(examples):
-        best, null_score = (-np.inf, None, 0, 0), None
-        for i in by_example[example_index]:
-            window = windows[i]
-            size = len(window.token_ids)
-            starts = np.asarray(start_logits[i], np.float64).reshape(-1)
-            ends = np.asarray(end_logits[i], np.float64).reshape(-1)
-            if len(starts) < size or len(ends) < size:
-                raise ValueError(f"Window {i} has {size} positions but {len(starts)} start and "
-                                 f"{len(ends)} end logits.")
-            starts, ends = starts[:size], ends[:size]
-            if version_2_with_negative and (null_score is None or starts[0] + ends[0] < null_score):
-                null_score = starts[0] + ends[0]
-            top_starts = np.argsort(-starts, kind="stable")[:n_best_size, None]
-            top_ends = np.argsort(-ends, kind="stable")[None, :n_best_size]
-            valid = (window.token_is_max_context[top_starts]
-                     & (window.token_to_orig_map[top_ends] >= 0)
-                     & (top_starts <= top_ends) & (top_ends - top_starts < max_answer_length))
-            scores = np.where(valid, starts[top_starts] + ends[top_ends], -np.inf)
-            s, e = np.unravel_index(np.argmax(scores), scores.shape)  # first best, as run_squad
-            if scores[s, e] > best[0]:
-                best = (scores[s, e], window, top_starts[s, 0], top_ends[0, e])
-        score, window, s, e = best
-        prediction = {"text": "", "start_char": None, "end_char": None, "score": float(score)}
-        if window is not None:
-            begin, end = int(window.token_char_spans[s, 0]), int(window.token_char_spans[e, 1])
-            prediction.update(text=example.context_text[begin:end], start_char=begin,
-                              end_char=end)
-        if null_score is not None:
-            prediction["null_score_diff"] = float(null_score - score)
-            if null_score - score > null_score_diff_threshold:
-                prediction.update(text="", start_char=None, end_char=None,
-                                  score=float(null_score))
-        predictions[example.qas_id] = prediction
-    return predictions

@@ -1,0 +1,128 @@
+"""The classification/regression task: GLUE-style TSV files, `BertClassifier`."""
+
+import os
+
+from kbert.data import batching, classification
+from kbert.models import BertClassifier
+from kbert.text import BertTextPreprocessor
+from kbert.training import finetuning
+from kbert.training.tasks.common import next_version
+
+
+class ClassificationTask:
+    """Sentence (pair) classification or regression from GLUE-style TSV files.
+
+    Args:
+        train_file, eval_file: str TSV paths with a header row.
+        text_columns: list of one or two column names.
+        label_column: str.
+        tokenizer: `kbert.text.BertTokenizer`.
+        sequence_length: int, the longest packed example (longer ones are
+            trimmed round-robin; their count is in `num_truncated`).
+        global_batch_size: int, examples per training step.
+        regression: bool, float labels and one output (GLUE STS-B).
+        seed: int, the batch plan's seed.
+        eval_batch_size: int, examples per evaluation batch.
+
+    Raises:
+        FileNotFoundError, ValueError: from `kbert.data.classification.read_tsv`
+            (naming the file, line and value).
+    """
+
+    def __init__(self, train_file, eval_file, text_columns, label_column, tokenizer,
+                 sequence_length=128, global_batch_size=32, regression=False, seed=0,
+                 eval_batch_size=64):
+        self.task = "regression" if regression else "classification"
+        self.train = classification.read_tsv(
+            train_file, text_columns, label_column, regression=regression
+        )
+        self.eval = classification.read_tsv(
+            eval_file, text_columns, label_column, label_list=self.train.label_list,
+            regression=regression,
+        )
+        self.label_list = self.train.label_list
+        self.num_classes = 1 if regression else len(self.label_list)
+        self.text_columns = list(text_columns)
+        self.label_column = label_column
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.preprocessor = BertTextPreprocessor(tokenizer, sequence_length, padding="longest")
+        self.pad_id = tokenizer.special_token_ids["pad"]
+        self.train_features, self.num_truncated = classification.encode_texts(
+            self.train.texts, self.preprocessor
+        )
+        eval_features, self.num_eval_truncated = classification.encode_texts(
+            self.eval.texts, self.preprocessor
+        )
+        self.steps_per_epoch = batching.batches_per_epoch(len(self.train), global_batch_size)
+        eval_dataset = classification.text_dataset(
+            eval_features, None, eval_batch_size, pad_id=self.pad_id, shuffle=False
+        )
+        self.evaluate = finetuning.classification_evaluator(
+            eval_dataset, self.eval.labels, self.num_classes
+        )
+        self.best_metric = finetuning.BEST_METRIC[self.task]
+
+    @property
+    def length_note(self):
+        """One line on what `sequence_length` did to the training data."""
+        return f"{self.num_truncated} trimmed to sequence_length"
+
+    def build_model(self, encoder):
+        """`BertClassifier(encoder, num_classes)` (1 output for regression)."""
+        return BertClassifier(encoder, self.num_classes)
+
+    def epoch_dataset(self, epoch):
+        """Epoch `epoch`'s training batches: `({token_ids, segment_ids, padding_mask}, labels)`."""
+        return classification.text_dataset(
+            self.train_features, self.train.labels, self.global_batch_size,
+            pad_id=self.pad_id, seed=self.seed, epoch=epoch,
+        )
+
+    @property
+    def num_train_examples(self):
+        return len(self.train)
+
+    @property
+    def num_eval_examples(self):
+        return len(self.eval)
+
+    def settings(self):
+        """The settings a resumed run must keep."""
+        return {
+            "label_list": self.label_list,
+            "text_columns": self.text_columns,
+            "label_column": self.label_column,
+        }
+
+    def export(self, model, tokenizer, export_dir, sequence_length, max_checked=1000):
+        """Writes the SavedModel (next free version) and the TFLite file; checks both.
+
+        Layout: `export_dir/saved_model/classifier/VERSION/` and
+        `export_dir/classifier.tflite` (float32, inputs `ids`, `mask`,
+        `segment_ids` of length `sequence_length`). Both are compared with
+        `model` on the first `max_checked` evaluation examples (see
+        `kbert.serving.verify_classifier_exports`).
+
+        Returns:
+            dict: artifact paths, sizes and the verification report.
+
+        Raises:
+            kbert.serving.ExportVerificationError: an artifact disagrees with `model`.
+        """
+        from kbert import serving
+
+        base = os.path.join(export_dir, "saved_model", "classifier")
+        saved_model = serving.export_classifier_saved_model(
+            model, tokenizer, base, self.label_list, sequence_length,
+            num_segments=len(self.text_columns), version=next_version(base),
+        )
+        tflite = os.path.join(export_dir, "classifier.tflite")
+        serving.export_classifier_tflite(model, tflite, sequence_length)
+        texts = self.eval.texts
+        report = serving.verify_classifier_exports(
+            model, tokenizer, texts[0][:max_checked], saved_model, tflite, self.label_list,
+            text_pairs=texts[1][:max_checked] if len(texts) == 2 else None,
+            sequence_length=sequence_length,
+        )
+        return {"saved_model": saved_model, "tflite": tflite, "checked": report}
