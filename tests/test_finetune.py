@@ -210,6 +210,20 @@ def test_finetune_tagging_end_to_end(tmp_path, uncased_vocab):
     assert out["num_words"].tolist() == [4, 1] and out["num_tagged_words"].tolist() == [4, 1]
     label_list = json.loads((model_dir / "task_config.json").read_text())["label_list"]
     assert set(out["tags"][0]) <= set(label_list) and out["tags"][1][1] == ""
+    # The tags are the Keras model's argmax on each word's first piece.
+    import kbert  # noqa: F401
+    from kbert.text import BertTokenizer, BertWordPacker
+
+    model = keras.saving.load_model(str(model_dir / "model.keras"))
+    packer = BertWordPacker(BertTokenizer(str(model_dir / "vocab.txt")), 64)
+    features = packer(tf.ragged.constant([["The", "dog", "barks", "."]]))
+    word_ids = features.pop("word_ids").numpy()[0]
+    logits = model(features).numpy()[0]
+    first = [int(np.flatnonzero(word_ids == w)[0]) for w in range(4)]
+    assert list(out["tags"][0]) == [label_list[i] for i in logits[first].argmax(-1)]
+    ids = run_saved_model_in_fresh_process(
+        path, {k: v.numpy().tolist() for k, v in features.items()}, signature="serving_token_ids")
+    np.testing.assert_allclose(ids["logits"][0], logits, atol=1e-5)
 
 
 def test_finetune_squad_end_to_end(tmp_path, uncased_vocab):
@@ -241,3 +255,32 @@ def test_finetune_squad_end_to_end(tmp_path, uncased_vocab):
     start, end = int(out["start_char"][0]), int(out["end_char"][0])
     assert 0 <= start < end and context[start:end] == str(out["answer"][0])
     assert out["answer"][1] == "" and out["start_char"][1] == -1
+    # The span is the best valid (start <= end, within 30 pieces) one of the Keras model's logits.
+    import kbert  # noqa: F401
+    from kbert.text import BertTokenizer
+
+    model = keras.saving.load_model(str(model_dir / "model.keras"))
+    tokenizer = BertTokenizer(str(model_dir / "vocab.txt"))
+    special = tokenizer.special_token_ids
+    question = tokenizer(["Where was it played?"]).to_list()[0]
+    words = context.split()
+    pieces = [tokenizer([w]).to_list()[0] for w in words]
+    context_ids = [p for word in pieces for p in word]
+    ids = [special["cls"], *question, special["sep"], *context_ids, special["sep"]]
+    features = {"token_ids": np.array([ids], "int32"),
+                "segment_ids": np.array([[0] * (len(question) + 2) + [1] * (len(context_ids) + 1)], "int32"),
+                "padding_mask": np.ones((1, len(ids)), "int32")}
+    logits = model(features)
+    s, e = logits["start_logits"].numpy()[0], logits["end_logits"].numpy()[0]
+    offset = len(question) + 2
+    best = max(((i, j) for i in range(offset, offset + len(context_ids))
+                for j in range(i, min(i + 30, offset + len(context_ids)))),
+               key=lambda ij: s[ij[0]] + e[ij[1]])
+    assert float(out["score"][0]) == pytest.approx(s[best[0]] + e[best[1]], abs=1e-4)
+    owner = [w for w, word in enumerate(pieces) for _ in word]  # word of each context piece
+    first_word, last_word = owner[best[0] - offset], owner[best[1] - offset]
+    assert words[first_word].startswith(str(out["answer"][0]).split()[0][:1])
+    assert str(out["answer"][0]).count(" ") == last_word - first_word
+    token_ids = run_saved_model_in_fresh_process(
+        path, {k: v.tolist() for k, v in features.items()}, signature="serving_token_ids")
+    np.testing.assert_allclose(token_ids["start_logits"][0], s, atol=1e-5)

@@ -9,6 +9,7 @@ set after every epoch, and the best epoch kept.
 import json
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -62,12 +63,14 @@ def compile_for_task(model, task, optimizer, jit_compile=False, steps_per_execut
     elif task == "tagging":
         from kbert.metrics.tagging import MaskedSparseCategoricalAccuracy
 
+        _ignore_unused_pooler()
         loss = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, ignore_class=IGNORE_LABEL
         )
         metrics = [MaskedSparseCategoricalAccuracy(ignore_label=IGNORE_LABEL, name="accuracy")]
         loss_weights = None
     elif task == "squad":
+        _ignore_unused_pooler()
         loss = {
             name: keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             for name in ("start_logits", "end_logits")
@@ -83,6 +86,18 @@ def compile_for_task(model, task, optimizer, jit_compile=False, steps_per_execut
         metrics=metrics,
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
+    )
+
+
+def _ignore_unused_pooler():
+    """Tagging and QA heads read `sequence_output`: the encoder's pooler gets no gradient.
+
+    That is expected (BERT's pooler serves sentence-level heads only), so
+    Keras' warning about it is silenced; any other variable without a
+    gradient is still reported.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"Gradients do not exist for variables \['pooler/kernel', 'pooler/bias'\]"
     )
 
 
@@ -208,6 +223,7 @@ def fit_epochs(model, epoch_dataset, schedule, start_step=0, callbacks=None, ver
     """
     histories = []
     done = 0
+    callbacks = [*(callbacks or []), _StopAfterOneEpoch()]
     for epoch, steps in enumerate(schedule):
         if start_step >= done + steps:
             done += steps
@@ -217,7 +233,7 @@ def fit_epochs(model, epoch_dataset, schedule, start_step=0, callbacks=None, ver
         history = model.fit(
             dataset,
             initial_epoch=epoch,
-            epochs=epoch + 1,
+            epochs=len(schedule),  # for the progress display; one epoch runs per call
             steps_per_epoch=steps - skip,
             callbacks=callbacks,
             verbose=verbose,
@@ -226,6 +242,13 @@ def fit_epochs(model, epoch_dataset, schedule, start_step=0, callbacks=None, ver
         histories.append(history.history)
         done += steps
     return histories
+
+
+class _StopAfterOneEpoch(keras.callbacks.Callback):
+    """Ends `fit` after its first epoch (so `fit_epochs` can show "Epoch e/E")."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
 
 
 def classification_evaluator(dataset, labels, num_classes):
