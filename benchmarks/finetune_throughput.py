@@ -45,10 +45,10 @@ CONFIGS = {
     "c": "keras-hub BertTextClassifier",
 }
 # all-MiniLM-L6-v2's config.json (sentence-transformers), the fine-tuning target.
-MINILM = dict(
-    vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-    intermediate_size=1536, hidden_act="gelu", max_position_embeddings=512,
-)
+MINILM = {
+    "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+    "intermediate_size": 1536, "hidden_act": "gelu", "max_position_embeddings": 512,
+}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 40, "Timed steps per configuration (after --warmup_steps).", lower_bound=1)
@@ -246,7 +246,9 @@ def _spawn(config_name, precision, folder):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, "-m", "benchmarks.finetune_throughput",
                f"--run_one={config_name},{precision},{path}", *_forwarded_flags()]
-    done = subprocess.run(command, cwd=_REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=_REPO, env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode:
         sys.exit(f"error: ({config_name}) {precision} failed:\n{done.stderr[-4000:]}")
     with open(path, encoding="utf-8") as f:
@@ -280,8 +282,8 @@ def main(argv):
             for config_name in order:
                 started = time.time()
                 rows.append(_spawn(config_name, precision, folder))
-                print(f"  measured ({config_name}) {precision} in {time.time() - started:.0f} s",
-                      flush=True)
+                print(f"  measured ({config_name}) {precision} in {time.time() - started:.0f} s "
+                      f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     for row in rows:
         row["seq_per_s"] = row["sequences"] / row["seconds"]
     hub = {r["precision"]: r["seq_per_s"] for r in rows if r["config"] == "c"}

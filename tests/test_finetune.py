@@ -12,15 +12,15 @@ import tensorflow as tf
 
 from kbert.data import padded_batches_dataset, plan_batches
 from kbert.models import BertClassifier, BertEncoder
-from kbert.serving import run_saved_model_in_fresh_process
+from kbert.serving import ExportVerificationError, run_saved_model_in_fresh_process
 from kbert.training import create_adamw
 from kbert.training.checkpointing import TrainingCheckpoint
 from kbert.training.finetuning import compile_for_task, epoch_schedule, fit_epochs
 from tests.conftest import REPO, SHARED_DATA
 
+# Dropout stays on: a resumed run must also draw the same dropout masks.
 TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0)
+            intermediate_size=32, max_position_embeddings=32)
 
 
 def _toy_task(num_examples=40, seed=0):
@@ -39,7 +39,7 @@ def _train(model_dir, schedule, stop_after=None):
     """Trains the toy classifier for `schedule`, restoring from `model_dir`; returns its weights."""
     keras.utils.set_random_seed(1)
     features, labels, lengths = _toy_task()
-    model = BertClassifier(BertEncoder(**TINY), num_classes=2, dropout=0.0)
+    model = BertClassifier(BertEncoder(**TINY), num_classes=2)
     optimizer = create_adamw(1e-3, sum(schedule), warmup_steps=2)
     compile_for_task(model, "classification", optimizer)
     checkpoint = TrainingCheckpoint(model, optimizer, str(model_dir))
@@ -150,6 +150,11 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
     ids = run_saved_model_in_fresh_process(
         path, {k: v.numpy().tolist() for k, v in features.items()}, signature="serving_token_ids")
     np.testing.assert_allclose(ids["probabilities"], probabilities, atol=1e-5)
+    # Malformed requests get an error naming the input, not a crash or a partial answer.
+    for bad in ("a film", [["a film", "a second film"]]):
+        with pytest.raises(ExportVerificationError,
+                           match=r"`text` must be a batch of strings of shape \(batch_size,\)"):
+            run_saved_model_in_fresh_process(path, {"text": bad})
     # TFLite: MediaPipe/Task Library input names, float32 probabilities.
     interpreter = tf.lite.Interpreter(model_path=str(model_dir / "export" / "classifier.tflite"))
     runner = interpreter.get_signature_runner("serving_default")
@@ -161,7 +166,7 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
     # A rerun resumes the finished run (no training) and exports the next version.
     again = _run(args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "starting at step 20 of 20" in again.stdout
+    assert "20 steps in 2 epoch(s); starting at step 20." in again.stdout
     assert (model_dir / "export" / "saved_model" / "classifier" / "2").is_dir()
     # Changed settings are refused, naming the change.
     other = _run([*args[:-1], "--learning_rate=5e-4"])
@@ -255,6 +260,10 @@ def test_finetune_squad_end_to_end(tmp_path, uncased_vocab):
     start, end = int(out["start_char"][0]), int(out["end_char"][0])
     assert 0 <= start < end and context[start:end] == str(out["answer"][0])
     assert out["answer"][1] == "" and out["start_char"][1] == -1
+    with pytest.raises(ExportVerificationError, match="`question` and `context` must hold the same"):
+        run_saved_model_in_fresh_process(path, {"question": ["a", "b"], "context": [context]})
+    with pytest.raises(ExportVerificationError, match="`question` must be a batch of strings"):
+        run_saved_model_in_fresh_process(path, {"question": "Where?", "context": context})
     # The span is the best valid (start <= end, within 30 pieces) one of the Keras model's logits.
     import kbert  # noqa: F401
     from kbert.text import BertTokenizer

@@ -88,7 +88,10 @@ def test_sst2_counts_and_label_balance(name, count):
 
 def _write(tmp_path, text, name="data.tsv"):
     path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
     return str(path)
 
 
@@ -123,7 +126,15 @@ def test_read_tsv_pairs_regression_and_unlabelled(tmp_path):
         ("sentence\tlabel\ngood\t1\nbad\n", {},
          r"data\.tsv:3: 1 fields, but column 'label' is field 2 of the header"),
         ("sentence\tlabel\ngood\t1\nbad\tzero\n", {"regression": True},
-         r"data\.tsv:3: regression label 'zero' in column 'label' is not a number"),
+         r"data\.tsv:3: regression label 'zero' in column 'label' is not a finite number"),
+        ("sentence\tlabel\ngood\t1\nbad\tnan\n", {"regression": True},
+         r"data\.tsv:3: regression label 'nan' in column 'label' is not a finite number"),
+        ("sentence\tlabel\ngood\t1\na\tb\t1\n", {},
+         r"data\.tsv:3: 3 fields, but the header has 2: 'a\\tb\\t1'"),
+        ("sentence\tlabel\ngood\t1.5\nbad\t0.25\n", {},
+         r"data\.tsv: column 'label' holds scores such as '0\.25' .*use regression"),
+        (b"sentence\tlabel\ngood\t1\ncaf\xe9\t0\n", {},
+         r"data\.tsv:3: not UTF-8 \(byte 0xe9 at column 4\)"),
         ("sentence\tlabel\ngood\t1\nfine\t1\n", {},
          r"data\.tsv: column 'label' holds one class only \(\['1'\]\)"),
         ("sentence\tlabel\n", {}, r"data\.tsv has a header but no examples"),
@@ -135,12 +146,18 @@ def test_read_tsv_pairs_regression_and_unlabelled(tmp_path):
          r"data\.tsv:3: empty label in column 'label'"),
     ],
     ids=["empty_text", "unknown_label", "missing_column", "too_few_fields", "regression_label",
+         "nan_label", "extra_field", "fractional_classes", "not_utf8",
          "one_class", "header_only", "empty_file", "empty_label", "empty_regression_label"],
 )
 def test_read_tsv_bad_input_names_file_line_and_value(tmp_path, text, kwargs, message):
     path = _write(tmp_path, text)
     with pytest.raises(ValueError, match=message):
         read_tsv(path, ["sentence"], "label", **kwargs)
+
+
+def test_read_tsv_byte_order_mark(tmp_path):
+    path = _write(tmp_path, "\ufeffsentence\tlabel\ngood\t1\nbad\t0\n")
+    assert read_tsv(path, ["sentence"], "label").labels.tolist() == [1, 0]
 
 
 def test_read_tsv_missing_file(tmp_path):

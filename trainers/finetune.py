@@ -102,9 +102,12 @@ def main(argv):
         if not os.path.isfile(FLAGS[name].value):
             _fail(f"--{name}={FLAGS[name].value} does not exist or is not a file.")
     # Strategies that configure devices must come before any other TF op.
-    if FLAGS.num_cpu_devices:
-        distribute.split_cpu(FLAGS.num_cpu_devices)
-    strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+    try:
+        if FLAGS.num_cpu_devices:
+            distribute.split_cpu(FLAGS.num_cpu_devices)
+        strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+    except (ValueError, RuntimeError) as e:
+        _fail(f"--strategy={FLAGS.strategy}: {e}")
 
     import keras
 
@@ -116,23 +119,32 @@ def main(argv):
             f"--global_batch_size={FLAGS.global_batch_size} must be a multiple of the "
             f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy}."
         )
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
     num_epochs = FLAGS.num_epochs or (None if FLAGS.train_steps else 3)
+    # Everything is checked before anything is written to --model_dir.
     try:
         with strategy.scope():
-            encoder, tokenizer, _ = runs.load_starting_point(
-                FLAGS.model_dir, FLAGS.init_checkpoint, FLAGS.vocab_file, FLAGS.preset,
-                FLAGS.lowercase,
+            encoder, tokenizer, vocab_path = runs.load_starting_point(
+                FLAGS.init_checkpoint, FLAGS.vocab_file, FLAGS.preset, FLAGS.lowercase
+            )
+        limit = encoder.bert_config.max_position_embeddings
+        if FLAGS.sequence_length > limit:
+            raise runs.RunError(
+                f"--sequence_length={FLAGS.sequence_length} exceeds the model's "
+                f"max_position_embeddings={limit}."
             )
         task = _build_task(tokenizer)
         settings = {
             "task": FLAGS.task,
             "train_file": os.path.abspath(FLAGS.train_file),
+            "train_file_sha256": runs.file_digest(FLAGS.train_file),
+            "eval_file": os.path.abspath(FLAGS.eval_file),
+            "eval_file_sha256": runs.file_digest(FLAGS.eval_file),
             "init_checkpoint": FLAGS.init_checkpoint and os.path.abspath(FLAGS.init_checkpoint),
             "preset": None if FLAGS.init_checkpoint else FLAGS.preset,
+            "vocab_sha256": runs.file_digest(vocab_path),
             "do_lower_case": tokenizer.lowercase,
             "sequence_length": FLAGS.sequence_length,
             "global_batch_size": FLAGS.global_batch_size,
@@ -144,11 +156,19 @@ def main(argv):
             "seed": FLAGS.seed,
             **task.settings(),
         }
-        runs.check_run_config(
-            os.path.join(FLAGS.model_dir, "task_config.json"), settings, "settings"
-        )
-    except (runs.RunError, ValueError, FileNotFoundError) as e:
+        created = not os.path.exists(FLAGS.model_dir)
+        os.makedirs(FLAGS.model_dir, exist_ok=True)
+        try:
+            runs.check_run_config(
+                os.path.join(FLAGS.model_dir, "task_config.json"), settings, "settings"
+            )
+        except runs.RunError:
+            if created:
+                os.rmdir(FLAGS.model_dir)
+            raise
+    except (runs.RunError, ValueError, FileNotFoundError, IsADirectoryError) as e:
         _fail(str(e))
+    runs.write_tokenizer_files(FLAGS.model_dir, tokenizer, vocab_path)
     encoder.bert_config.to_json_file(os.path.join(FLAGS.model_dir, "bert_config.json"))
 
     schedule = finetuning.epoch_schedule(task.steps_per_epoch, num_epochs, FLAGS.train_steps)
@@ -178,15 +198,15 @@ def main(argv):
             best_path, monitor=monitor, mode="max", save_best_only=True,
             save_weights_only=True, initial_value_threshold=max(previous) if previous else None,
         ),
-        CheckpointCallback(checkpoint, FLAGS.checkpoint_every),
+        CheckpointCallback(checkpoint, FLAGS.checkpoint_every, save_at_epoch_end=True),
         keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
         keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
     ]
     print(
         f"{FLAGS.task}: {task.num_train_examples} training examples "
         f"({task.length_note}), "
-        f"{task.num_eval_examples} evaluation examples; {len(schedule)} epochs of "
-        f"{task.steps_per_epoch} steps; starting at step {start_step} of {total_steps}.",
+        f"{task.num_eval_examples} evaluation examples; {total_steps} steps in "
+        f"{len(schedule)} epoch(s); starting at step {start_step}.",
         flush=True,
     )
     import time
@@ -218,8 +238,9 @@ def main(argv):
         "train_seconds_this_run": round(train_seconds, 1),
     }
     if trained_steps:
+        # Sequences = packed examples (SQuAD: windows), at most one pass per epoch.
         summary["train_sequences_per_second"] = round(
-            min(trained_steps * FLAGS.global_batch_size, task.num_train_examples * len(schedule))
+            min(trained_steps * FLAGS.global_batch_size, task.num_train_sequences * len(schedule))
             / max(train_seconds, 1e-9), 1
         )
     if FLAGS.export:

@@ -9,12 +9,13 @@ STS-B (`sentence1`, `sentence2`, `score`) all read with the same function.
 
 import csv
 import dataclasses
-import os
+import io
 
 import numpy as np
 import tensorflow as tf
 
 from kbert.data.batching import padded_batches_dataset, plan_batches
+from kbert.data.files import read_text
 
 
 @dataclasses.dataclass
@@ -49,6 +50,15 @@ def _sorted_labels(values):
         return sorted(unique)
 
 
+def _is_fraction(value):
+    """True for a label such as "3.8" (a score, not a class name)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return np.isfinite(number) and number != int(number)
+
+
 def read_tsv(path, text_columns, label_column=None, label_list=None, regression=False):
     """Reads a GLUE-style TSV file with a header row.
 
@@ -66,18 +76,18 @@ def read_tsv(path, text_columns, label_column=None, label_list=None, regression=
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: (each naming the file, line and value) a missing column
-            (listing the header), a row with too few fields, an empty text or
-            label, a label not in `label_list`, a non-numeric regression label, one
-            class only, or a file with no examples.
+        ValueError: (each naming the file, line and value) bytes that are not
+            UTF-8, a missing column (listing the header), a row with too few or
+            too many fields, an empty text or label, a label not in
+            `label_list`, a regression label that is not a finite number,
+            fractional class labels (scores: use regression), one class only,
+            or a file with no examples.
     """
     text_columns = list(text_columns)
     if not 1 <= len(text_columns) <= 2:
         raise ValueError(f"text_columns must name one or two columns; received {text_columns}.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such file: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = read_text(path)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise ValueError(f"{path} is empty; expected a header row naming the columns.")
     header = rows[0]
@@ -94,7 +104,13 @@ def read_tsv(path, text_columns, label_column=None, label_list=None, regression=
         if len(row) <= max(index):
             raise ValueError(
                 f"{path}:{line}: {len(row)} fields, but column {wanted[np.argmax(index)]!r} "
-                f"is field {max(index) + 1} of the header."
+                f"is field {max(index) + 1} of the header: {chr(9).join(row)[:120]!r}."
+            )
+        if len(row) > len(header):
+            # A stray tab inside a text would shift every later column.
+            raise ValueError(
+                f"{path}:{line}: {len(row)} fields, but the header has {len(header)}: "
+                f"{chr(9).join(row)[:120]!r}."
             )
         for column, (name, i) in enumerate(zip(text_columns, index)):
             text = row[i].strip()
@@ -115,17 +131,27 @@ def read_tsv(path, text_columns, label_column=None, label_list=None, regression=
         labels = []
         for line, value in zip(lines, raw_labels):
             try:
-                labels.append(float(value))
+                score = float(value)
             except ValueError:
+                score = None
+            if score is None or not np.isfinite(score):
                 raise ValueError(
                     f"{path}:{line}: regression label {value!r} in column {label_column!r} "
-                    "is not a number."
-                ) from None
+                    "is not a finite number."
+                )
+            labels.append(score)
         labels = np.asarray(labels, np.float32)
         label_list = None
     elif label_column is not None:
         if label_list is None:
             label_list = _sorted_labels(raw_labels)
+            scores = [v for v in label_list if _is_fraction(v)]
+            if scores:
+                raise ValueError(
+                    f"{path}: column {label_column!r} holds scores such as {scores[0]!r} "
+                    f"({len(label_list)} distinct values); for scores use regression "
+                    "(--task=regression)."
+                )
             if len(label_list) < 2:
                 raise ValueError(
                     f"{path}: column {label_column!r} holds one class only ({label_list}); "
@@ -135,9 +161,10 @@ def read_tsv(path, text_columns, label_column=None, label_list=None, regression=
         ids = {label: i for i, label in enumerate(label_list)}
         for line, value in zip(lines, raw_labels):
             if value not in ids:
+                shown = label_list if len(label_list) <= 20 else label_list[:20] + ["..."]
                 raise ValueError(
                     f"{path}:{line}: label {value!r} is not one of the training labels "
-                    f"{label_list}."
+                    f"{shown}."
                 )
         labels = np.asarray([ids[v] for v in raw_labels], np.int32)
     return TextExamples(path, texts, labels, label_list, lines)

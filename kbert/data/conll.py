@@ -9,7 +9,10 @@ which re-exports these names.
 """
 
 import dataclasses
+import io
 import re
+
+from kbert.data.files import read_text
 
 _CONLLU_TAG_COLUMNS = {"upos": 3, "xpos": 4}
 
@@ -69,39 +72,38 @@ def read_conllu(path, tag_field="upos", label_list=None):
     column = _CONLLU_TAG_COLUMNS[tag_field]
     label_index = None if label_list is None else {t: i for i, t in enumerate(label_list)}
     sentences, current, start = [], None, None
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                if current is not None and current.words:
-                    sentences.append(current)
-                current, start = None, None
-                continue
-            start = start or number
-            if line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) != 10:
-                raise ValueError(
-                    f"{path}:{number}: expected 10 tab-separated CoNLL-U fields, found "
-                    f"{len(fields)}: {line!r}."
-                )
-            if re.fullmatch(r"[0-9]+-[0-9]+|[0-9]+\.[0-9]+", fields[0]):
-                continue  # multi-word token or empty node
-            if current is None:
-                current = TaggedSentence([], [], f"{path}:{start}")
-            if not re.fullmatch(r"[0-9]+", fields[0]) or int(fields[0]) != len(current.words) + 1:
-                raise ValueError(
-                    f"{path}:{number}: word ID {fields[0]!r} is not {len(current.words) + 1} "
-                    "(IDs count 1, 2, ... within a sentence)."
-                )
-            tag = fields[column]
-            if tag == "_":
-                raise ValueError(f"{path}:{number}: word {fields[1]!r} has no {tag_field} ('_').")
-            _check_tag(tag, label_index, f"{path}:{number}")
-            current.words.append(fields[1])
-            current.tags.append(tag)
-            current.lines.append(number)
+    for number, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            if current is not None and current.words:
+                sentences.append(current)
+            current, start = None, None
+            continue
+        start = start or number
+        if line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 10:
+            raise ValueError(
+                f"{path}:{number}: expected 10 tab-separated CoNLL-U fields, found "
+                f"{len(fields)}: {line!r}."
+            )
+        if re.fullmatch(r"[0-9]+-[0-9]+|[0-9]+\.[0-9]+", fields[0]):
+            continue  # multi-word token or empty node
+        if current is None:
+            current = TaggedSentence([], [], f"{path}:{start}")
+        if not re.fullmatch(r"[0-9]+", fields[0]) or int(fields[0]) != len(current.words) + 1:
+            raise ValueError(
+                f"{path}:{number}: word ID {fields[0]!r} is not {len(current.words) + 1} "
+                "(IDs count 1, 2, ... within a sentence)."
+            )
+        tag = fields[column]
+        if tag == "_":
+            raise ValueError(f"{path}:{number}: word {fields[1]!r} has no {tag_field} ('_').")
+        _check_tag(tag, label_index, f"{path}:{number}")
+        current.words.append(fields[1])
+        current.tags.append(tag)
+        current.lines.append(number)
     if current is not None and current.words:
         sentences.append(current)
     return _finish(path, sentences)
@@ -129,30 +131,29 @@ def read_conll(path, word_column=0, tag_column=-1, label_list=None):
     """
     label_index = None if label_list is None else {t: i for i, t in enumerate(label_list)}
     sentences, current, num_columns = [], None, None
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields or fields[0] == "-DOCSTART-":
-                if current is not None:
-                    sentences.append(current)
-                current = None
-                continue
-            if num_columns is None:
-                num_columns = len(fields)
-                if not all(-num_columns <= c < num_columns for c in (word_column, tag_column)):
-                    raise ValueError(f"{path}:{number}: word_column={word_column} or tag_column="
-                                     f"{tag_column} outside {num_columns} columns: {line.rstrip()!r}.")
-            elif len(fields) != num_columns:
-                raise ValueError(
-                    f"{path}:{number}: expected {num_columns} columns (as the first word line), "
-                    f"found {len(fields)}: {line.rstrip()!r}."
-                )
-            if current is None:
-                current = TaggedSentence([], [], f"{path}:{number}")
-            _check_tag(fields[tag_column], label_index, f"{path}:{number}")
-            current.words.append(fields[word_column])
-            current.tags.append(fields[tag_column])
-            current.lines.append(number)
+    for number, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if current is not None:
+                sentences.append(current)
+            current = None
+            continue
+        if num_columns is None:
+            num_columns = len(fields)
+            if not all(-num_columns <= c < num_columns for c in (word_column, tag_column)):
+                raise ValueError(f"{path}:{number}: word_column={word_column} or tag_column="
+                                 f"{tag_column} outside {num_columns} columns: {line.rstrip()!r}.")
+        elif len(fields) != num_columns:
+            raise ValueError(
+                f"{path}:{number}: expected {num_columns} columns (as the first word line), "
+                f"found {len(fields)}: {line.rstrip()!r}."
+            )
+        if current is None:
+            current = TaggedSentence([], [], f"{path}:{number}")
+        _check_tag(fields[tag_column], label_index, f"{path}:{number}")
+        current.words.append(fields[word_column])
+        current.tags.append(fields[tag_column])
+        current.lines.append(number)
     if current is not None:
         sentences.append(current)
     return _finish(path, sentences)

@@ -20,6 +20,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from kbert.data.files import read_text
+
 # Re-exported: `from kbert.data.squad import postprocess_squad` keeps working.
 from kbert.data.squad_postprocessing import postprocess_squad  # noqa: F401
 from kbert.data.squad_tokenization import _piece_char_spans, _tokenize
@@ -86,11 +88,15 @@ def read_squad_examples(path, version_2_with_negative=False):
             answer, or an answer not found at its `answer_start`; the message
             names the file and the question id.
     """
-    with open(path, encoding="utf-8") as f:
-        try:
-            paragraphs = [p for article in json.load(f)["data"] for p in article["paragraphs"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not SQuAD JSON (data -> paragraphs): {e!r}.") from e
+    text = read_text(path)
+    try:
+        paragraphs = [p for article in json.loads(text)["data"] for p in article["paragraphs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: not SQuAD JSON (data -> paragraphs): {type(e).__name__}: {str(e)[:200]}"
+        ) from None
+    if not paragraphs:
+        raise ValueError(f"{path} holds no paragraphs (data -> paragraphs is empty).")
     examples, seen = [], set()
     for paragraph in paragraphs:
         if not isinstance(paragraph.get("context"), str) or "qas" not in paragraph:

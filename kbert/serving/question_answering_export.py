@@ -35,7 +35,9 @@ from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    check_text_batch,
     run_saved_model_in_fresh_process,
+    text_input_specs,
 )
 from kbert.text.normalization import normalize_text
 
@@ -175,6 +177,7 @@ def export_question_answering_saved_model(model, tokenizer, export_base, sequenc
         raise ValueError(f"{path} exists; export to a new version or remove it.")
 
     def serve_text(question, context):
+        question, context = check_text_batch(question=question, context=context)
         return answer_questions(
             model, tokenizer, question, context, sequence_length, max_query_length,
             max_answer_length,
@@ -189,7 +192,7 @@ def export_question_answering_saved_model(model, tokenizer, export_base, sequenc
     archive.track(tokenizer)
     archive.add_endpoint(
         TEXT_SIGNATURE, serve_text,
-        input_signature=[tf.TensorSpec([None], tf.string, name=n) for n in ("question", "context")],
+        input_signature=text_input_specs("question", "context"),
     )
     archive.add_endpoint(
         TOKEN_IDS_SIGNATURE, serve_token_ids,

@@ -39,6 +39,53 @@ class _VocabularyTable(tf.Module):
         )
 
 
+def text_input_specs(*names):
+    """Input specs of text signatures: tf.string of *unknown* rank, checked at run time.
+
+    A signature declared as `(None,)` does not stop a client from sending a
+    scalar or a matrix (TensorFlow does not check shapes of signature
+    inputs), and the tokenizer kernels then crash the process or read only
+    part of the batch. Declaring the rank unknown keeps the check in the
+    graph (`check_text_batch`), where it cannot be folded away.
+    """
+    return [tf.TensorSpec(None, tf.string, name=name) for name in names]
+
+
+def check_text_batch(**texts):
+    """Checks that each input is a 1-D batch of strings of one common size; returns them.
+
+    Args:
+        **texts: input name -> tf.string tensor of unknown rank (see `text_input_specs`).
+
+    Returns:
+        list of the tensors, with static shape `(batch_size,)`.
+
+    Raises:
+        tf.errors.InvalidArgumentError (at run time): an input that is not
+            1-D (its name, the expected shape and its shape in the message),
+            or inputs of different sizes.
+    """
+    checked = []
+    for name, text in texts.items():
+        ok = tf.debugging.Assert(
+            tf.equal(tf.rank(text), 1),
+            [f"`{name}` must be a batch of strings of shape (batch_size,); received shape",
+             tf.shape(text)],
+        )
+        with tf.control_dependencies([ok]):
+            # After the check, so a bad request fails with the message above.
+            checked.append(tf.reshape(text, [-1]))
+    if len(checked) == 2:
+        names = list(texts)
+        same = tf.debugging.assert_equal(
+            tf.size(checked[0]), tf.size(checked[1]),
+            message=f"`{names[0]}` and `{names[1]}` must hold the same number of strings",
+        )
+        with tf.control_dependencies([same]):
+            checked = [tf.identity(t) for t in checked]
+    return checked
+
+
 def text_to_inputs(tokenizer, packer, text):
     """Tokenizes and packs a batch of strings (single segment).
 
@@ -111,6 +158,7 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
     def serve_text(text):
+        (text,) = check_text_batch(text=text)
         features, num_wordpieces = text_to_inputs(tokenizer, packer, text)
         outputs = encode(features)
         outputs["padding_mask"] = features["padding_mask"]
@@ -123,11 +171,12 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         )
 
     def serve_wordpieces(text):
+        (text,) = check_text_batch(text=text)
         features, _ = text_to_inputs(tokenizer, packer, text)
         ids = features["token_ids"]
         return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64))}
 
-    text_spec = [tf.TensorSpec([None], tf.string, name="text")]
+    text_spec = text_input_specs("text")
     archive = keras.export.ExportArchive()
     archive.track(encoder)
     archive.track(vocabulary)

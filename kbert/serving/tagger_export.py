@@ -23,7 +23,9 @@ from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    check_text_batch,
     run_saved_model_in_fresh_process,
+    text_input_specs,
 )
 from kbert.text.bert_word_packer import BertWordPacker
 
@@ -101,6 +103,7 @@ def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequenc
     labels = tf.constant([str(x) for x in label_list])
 
     def serve_text(text):
+        (text,) = check_text_batch(text=text)
         return tag_words(model, packer, labels, tf.strings.split(text))
 
     def serve_token_ids(token_ids, segment_ids, padding_mask):
@@ -111,7 +114,7 @@ def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequenc
     archive.track(model)
     archive.track(packer)
     archive.add_endpoint(
-        TEXT_SIGNATURE, serve_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+        TEXT_SIGNATURE, serve_text, input_signature=text_input_specs("text")
     )
     archive.add_endpoint(
         TOKEN_IDS_SIGNATURE, serve_token_ids,

@@ -8,12 +8,14 @@ from absl import logging
 
 
 class TrainingCheckpoint:
-    """Model + optimizer checkpoints in `directory`, for resuming after a kill.
+    """Model + optimizer + dropout RNG checkpoints in `directory`, for resuming after a kill.
 
-    Wraps `tf.train.Checkpoint(model=..., optimizer=...)` and
-    `tf.train.CheckpointManager` (atomic writes, keeps the newest
+    Wraps `tf.train.Checkpoint(model=..., optimizer=..., dropout_seeds=...)`
+    and `tf.train.CheckpointManager` (atomic writes, keeps the newest
     `max_to_keep`). The step of a checkpoint is `optimizer.iterations`, which
-    is saved with it.
+    is saved with it. The states of the model's Keras `SeedGenerator`s
+    (dropout) are saved too, so a resumed run draws the same dropout masks as
+    an uninterrupted one.
 
     Args:
         model: a built Keras model.
@@ -26,7 +28,10 @@ class TrainingCheckpoint:
         self.model = model
         self.optimizer = optimizer
         self.directory = directory
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        seeds = [v.value for v in model.variables if "seed_generator_state" in v.path]
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, **({"dropout_seeds": seeds} if seeds else {})
+        )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=max_to_keep, step_counter=None
         )
@@ -59,22 +64,44 @@ class TrainingCheckpoint:
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves a `TrainingCheckpoint` every `every_n_steps` optimizer steps and at the end."""
+    """Saves a `TrainingCheckpoint` every `every_n_steps` optimizer steps and at the end.
 
-    def __init__(self, training_checkpoint, every_n_steps):
+    Args:
+        training_checkpoint: `TrainingCheckpoint`.
+        every_n_steps: int >= 1.
+        save_at_epoch_end: bool; also save at the end of every epoch, *after*
+            the callbacks before this one (put it after an evaluation
+            callback): the last step of an epoch is then saved only once the
+            epoch's evaluation is done, so a kill during evaluation resumes
+            before that step and the evaluation is not lost.
+
+    Raises:
+        ValueError: `every_n_steps` < 1.
+    """
+
+    def __init__(self, training_checkpoint, every_n_steps, save_at_epoch_end=False):
         super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be >= 1.")
         self.training_checkpoint = training_checkpoint
         self.every_n_steps = every_n_steps
+        self.save_at_epoch_end = save_at_epoch_end
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.training_checkpoint.optimizer.iterations.numpy())
-        if step % self.every_n_steps == 0:
+        last_of_epoch = self.save_at_epoch_end and batch + 1 == (self.params or {}).get("steps")
+        if step % self.every_n_steps == 0 and not last_of_epoch:
             path = self.training_checkpoint.save()
             logging.info("Saved checkpoint %s", path)
 
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_at_epoch_end:
+            self._save_if_new()
+
     def on_train_end(self, logs=None):
+        self._save_if_new()
+
+    def _save_if_new(self):
         latest = self.training_checkpoint.manager.latest_checkpoint
         step = int(self.training_checkpoint.optimizer.iterations.numpy())
         if latest is None or not latest.endswith(f"-{step}"):

@@ -1,6 +1,7 @@
 """What every kbert program does around training: quiet logs, run folders, starting points."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -64,30 +65,29 @@ def check_run_config(path, wanted, what):
         json.dump(wanted, f, indent=2)
 
 
-def load_starting_point(model_dir, init_checkpoint=None, vocab_file=None, preset=None,
-                        lowercase=None, dtype=None):
-    """The encoder and tokenizer a fine-tuning run starts from; copies the vocabulary into the run.
+def load_starting_point(init_checkpoint=None, vocab_file=None, preset=None, lowercase=None,
+                        dtype=None):
+    """The encoder and tokenizer a fine-tuning run starts from.
 
     Either `init_checkpoint` (any format `kbert.checkpoints.load` reads; the
     tokenizer is the `vocab.txt` beside it, casing from its
     `tokenizer_config.json` or the vocabulary), or `vocab_file` + `preset`
-    for a randomly initialised encoder. Writes `MODEL_DIR/vocab.txt` and
-    `MODEL_DIR/tokenizer_config.json` (`{"do_lower_case": ...}`, HF's key).
-    Call inside the strategy scope (the encoder's variables are created here).
+    for a randomly initialised encoder. Nothing is written (see
+    `write_tokenizer_files`). Call inside the strategy scope (the encoder's
+    variables are created here).
 
     Args:
-        model_dir: str, the run folder (must exist).
         init_checkpoint: str path, or None.
         vocab_file, preset: str, used when `init_checkpoint` is None.
         lowercase: optional bool overriding the casing.
         dtype: Keras dtype policy name for the encoder.
 
     Returns:
-        (encoder, tokenizer, vocab_path).
+        (encoder, tokenizer, vocab_path): `vocab_path` is the vocabulary used.
 
     Raises:
-        RunError: neither or both starting points, a missing file, or a
-            vocabulary whose size differs from the encoder's.
+        RunError: neither or both starting points, a missing file, an
+            unknown preset, or a vocabulary whose size differs from the encoder's.
     """
     from kbert import checkpoints, models, text
 
@@ -99,28 +99,48 @@ def load_starting_point(model_dir, init_checkpoint=None, vocab_file=None, preset
             tokenizer = checkpoints.load_tokenizer(init_checkpoint, lowercase=lowercase)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--init_checkpoint={init_checkpoint}: {e}") from e
-        source_vocab = os.path.join(
-            init_checkpoint if os.path.isdir(init_checkpoint)
-            else os.path.dirname(os.path.abspath(init_checkpoint)),
-            "vocab.txt",
-        )
+        folder = init_checkpoint if os.path.isdir(init_checkpoint) else os.path.dirname(
+            os.path.abspath(init_checkpoint))
+        vocab_path = os.path.join(folder, "vocab.txt")
     else:
         if not os.path.isfile(vocab_file):
-            raise RunError(f"--vocab_file={vocab_file} does not exist.")
+            raise RunError(f"--vocab_file={vocab_file} does not exist or is not a file.")
         tokenizer = text.BertTokenizer(vocab_file, lowercase=True if lowercase is None else lowercase)
-        encoder = models.BertEncoder.from_preset(preset, dtype=dtype, vocab_size=tokenizer.vocab_size)
-        source_vocab = vocab_file
+        try:
+            encoder = models.BertEncoder.from_preset(
+                preset, dtype=dtype, vocab_size=tokenizer.vocab_size)
+        except ValueError as e:
+            raise RunError(f"--preset={preset}: {e}") from e
+        vocab_path = vocab_file
     if tokenizer.vocab_size != encoder.bert_config.vocab_size:
         raise RunError(
-            f"The vocabulary {source_vocab} has {tokenizer.vocab_size} tokens but the encoder's "
+            f"The vocabulary {vocab_path} has {tokenizer.vocab_size} tokens but the encoder's "
             f"vocab_size is {encoder.bert_config.vocab_size}."
         )
-    vocab_path = os.path.join(model_dir, "vocab.txt")
-    if os.path.abspath(source_vocab) != os.path.abspath(vocab_path):
-        shutil.copyfile(source_vocab, vocab_path)
+    return encoder, tokenizer, vocab_path
+
+
+def file_digest(path):
+    """sha256 hex digest of a file's bytes (to tell a changed input file on resume)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_tokenizer_files(model_dir, tokenizer, vocab_path):
+    """Copies the vocabulary into the run and records its casing.
+
+    Writes `MODEL_DIR/vocab.txt` and `MODEL_DIR/tokenizer_config.json`
+    (`{"do_lower_case": ...}`, HuggingFace's key), so the run folder alone
+    rebuilds the tokenizer (`kbert.checkpoints.load_tokenizer(MODEL_DIR)`).
+    """
+    target = os.path.join(model_dir, "vocab.txt")
+    if os.path.abspath(vocab_path) != os.path.abspath(target):
+        shutil.copyfile(vocab_path, target)
     with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump({"do_lower_case": tokenizer.lowercase}, f)
-    return encoder, tokenizer, vocab_path
 
 
 @contextlib.contextmanager

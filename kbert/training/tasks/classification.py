@@ -81,6 +81,12 @@ class ClassificationTask:
 
     @property
     def num_train_examples(self):
+        """Training examples (lines of the TSV file)."""
+        return len(self.train)
+
+    @property
+    def num_train_sequences(self):
+        """Packed training sequences per epoch (one per example)."""
         return len(self.train)
 
     @property

@@ -57,6 +57,7 @@ class SquadTask:
             is_training=False,
         )
         self.num_train_examples = len(train_examples)
+        self.num_train_sequences = len(self.train)  # windows
         self.num_eval_examples = len(self.eval_examples)
         # Questions whose context needed more than one window.
         self.num_truncated = len(self.train) - len(train_examples)

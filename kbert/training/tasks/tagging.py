@@ -58,6 +58,7 @@ class TaggingTask:
             eval_sentences, tokenizer, self.label_list, sequence_length, long_sentences="split"
         )
         self.num_train_examples = len(train_sentences)
+        self.num_train_sequences = len(self.train)  # a split sentence counts once per part
         self.num_eval_examples = len(eval_sentences)
         # Split, not trimmed: report the sentences that needed more than one example.
         self.num_truncated = int(len(self.train) - len(train_sentences))
