@@ -56,6 +56,28 @@ def test_block_matches_numpy(hidden_act, approximate):
     np.testing.assert_allclose(out[m], expected[m], atol=1e-5)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_block_output_length_matches_numpy_rows(norm_first):
+    # Only the first rows are computed (keys/values still see all tokens): they equal the
+    # NumPy reference's rows, in eager, symbolic and XLA calls.
+    x, mask = _inputs()
+    block = _block(norm_first=norm_first, layer_norm_eps=1e-12)
+    block.build((None, None, D))
+    randomize(block)
+    full = block(x, padding_mask=mask).numpy()
+    if not norm_first:
+        expected = encoder_block(x.astype(np.float64), mask.astype(np.float64),
+                                 _block_weights(block), 2, 1e-12, False)
+        np.testing.assert_allclose(full[:, :2], expected[:, :2], atol=1e-5)
+    first = block(x, padding_mask=mask, output_length=2).numpy()
+    assert first.shape == (B, 2, D)
+    np.testing.assert_allclose(first, full[:, :2], atol=1e-5)
+    symbolic = block(keras.Input((None, D)), padding_mask=keras.Input((None,)), output_length=1)
+    assert tuple(symbolic.shape) == (None, 1, D)
+    xla = tf.function(lambda a, m: block(a, padding_mask=m, output_length=1), jit_compile=True)
+    np.testing.assert_allclose(xla(x, mask).numpy(), full[:, :1], atol=1e-5)
+
+
 def test_block_exact_and_tanh_gelu_differ():
     x, mask = _inputs()
     exact = _block(hidden_act="gelu")

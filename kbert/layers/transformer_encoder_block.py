@@ -62,9 +62,15 @@ class TransformerEncoderBlock(keras.layers.Layer):
             int or float; True/nonzero marks real tokens. Padded positions are
             never attended to.
         training: bool, enables dropout.
+        output_length: optional int >= 1: compute only the first
+            `output_length` positions (queries, residuals, feed-forward); keys
+            and values still cover the whole sequence, so those rows equal the
+            full block's. A classifier that reads `[CLS]` passes 1 to its last
+            block (tf-models' `output_range`).
 
     Returns:
-        Tensor `(batch_size, sequence_length, hidden_size)` in the compute dtype.
+        Tensor `(batch_size, sequence_length, hidden_size)` in the compute
+        dtype, or `(batch_size, output_length, hidden_size)`.
 
     Raises:
         ValueError: bad hyperparameters (echoing the value), or an input whose
@@ -171,9 +177,10 @@ class TransformerEncoderBlock(keras.layers.Layer):
         )
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def _self_attention(self, x, attention_bias, training):
-        batch_size, sequence_length = ops.shape(x)[0], ops.shape(x)[1]
-        query = self._split_heads(self.query(x))  # [B, N, F, H]
+    def _self_attention(self, x, attention_bias, training, output_length=None):
+        queries = x if output_length is None else x[:, :output_length, :]
+        batch_size, sequence_length = ops.shape(queries)[0], ops.shape(queries)[1]
+        query = self._split_heads(self.query(queries))  # [B, N, F, H]
         key = self._split_heads(self.key(x))  # [B, N, T, H]
         value = self._split_heads(self.value(x))  # [B, N, T, H]
         query = ops.multiply(
@@ -194,17 +201,17 @@ class TransformerEncoderBlock(keras.layers.Layer):
         )  # [B, F, D]
         return self.attention_output(context)
 
-    def call(self, inputs, padding_mask=None, training=None):
+    def call(self, inputs, padding_mask=None, training=None, output_length=None):
         x = inputs
         attention_bias = (
             None
             if padding_mask is None
             else attention_bias_from_padding_mask(padding_mask)
         )
-        residual = x
+        residual = x if output_length is None else x[:, :output_length, :]
         if self.norm_first:
             x = self._norm(self.attention_layer_norm, x)
-        x = self._self_attention(x, attention_bias, training)
+        x = self._self_attention(x, attention_bias, training, output_length)
         x = residual + self.hidden_dropout(x, training=training)
         if not self.norm_first:
             x = self._norm(self.attention_layer_norm, x)
@@ -220,6 +227,12 @@ class TransformerEncoderBlock(keras.layers.Layer):
 
     def compute_output_shape(self, inputs_shape, padding_mask_shape=None):
         return inputs_shape
+
+    def compute_output_spec(self, inputs, padding_mask=None, training=None, output_length=None):
+        shape = tuple(self.compute_output_shape(inputs.shape))
+        if output_length is not None:
+            shape = (shape[0], output_length, shape[2])
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

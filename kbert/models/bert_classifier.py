@@ -12,7 +12,9 @@ class BertClassifier(BertTaskModel):
 
     The head of google-research/bert `run_classifier.create_model`: the
     pooler's tanh(`W [CLS]`) output, dropout (0.1 in BERT), one dense layer.
-    Logits are float32 under every dtype policy.
+    Logits are float32 under every dtype policy. The encoder's last block
+    computes the `[CLS]` row only (`BertEncoder.pooled_output`, tf-models'
+    `output_range`): the same logits for less work.
 
     Inputs (dict, int32 `(batch_size, sequence_length)`): `token_ids`,
     `segment_ids`, `padding_mask`, as for `BertEncoder`.
@@ -56,7 +58,8 @@ class BertClassifier(BertTaskModel):
         )
         # === Functional graph ===
         inputs = self._encoder_inputs()
-        pooled = encoder(inputs)["pooled_output"]
+        # The encoder's layers, with only [CLS] computed in the last block.
+        pooled = encoder.pooled_output(inputs)
         logits = output_dense(dropout_layer(pooled))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         # === Config ===
