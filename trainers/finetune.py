@@ -111,8 +111,8 @@ def main(argv):
 
     import keras
 
-    from kbert.training import finetuning, optimization
-    from kbert.training.checkpointing import CheckpointCallback, TrainingCheckpoint
+    from kbert.training import finetune_run, finetuning, optimization
+    from kbert.training.checkpointing import TrainingCheckpoint
 
     if FLAGS.global_batch_size % strategy.num_replicas_in_sync:
         _fail(
@@ -186,85 +186,37 @@ def main(argv):
         )
         start_step = checkpoint.restore_or_initialize()
 
-    history_path = os.path.join(FLAGS.model_dir, "eval_history.json")
-    best_path = os.path.join(FLAGS.model_dir, "best.weights.h5")
-    monitor = f"val_{task.best_metric}"
-    previous = [r[task.best_metric] for r in finetuning.read_json(history_path, [])
-                if os.path.exists(best_path)]
-    evaluation = finetuning.EvaluationCallback(task.evaluate, history_path)
-    callbacks = [
-        evaluation,
-        keras.callbacks.ModelCheckpoint(
-            best_path, monitor=monitor, mode="max", save_best_only=True,
-            save_weights_only=True, initial_value_threshold=max(previous) if previous else None,
-        ),
-        CheckpointCallback(checkpoint, FLAGS.checkpoint_every, save_at_epoch_end=True),
-        keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
-    ]
     print(
-        f"{FLAGS.task}: {task.num_train_examples} training examples "
-        f"({task.length_note}), "
+        f"{FLAGS.task}: {task.num_train_examples} training examples ({task.length_note}), "
         f"{task.num_eval_examples} evaluation examples; {total_steps} steps in "
         f"{len(schedule)} epoch(s); starting at step {start_step}.",
         flush=True,
     )
-    import time
-
-    started = time.time()
-    finetuning.fit_epochs(
-        model, task.epoch_dataset, schedule, start_step, callbacks, runs.progress_verbosity()
+    final, summary = finetune_run.train_task(
+        task, model, checkpoint, FLAGS.model_dir, schedule, start_step,
+        FLAGS.global_batch_size, FLAGS.checkpoint_every, runs.progress_verbosity(),
     )
-    train_seconds = time.time() - started - evaluation.eval_seconds
-    trained_steps = total_steps - start_step
-
-    if os.path.exists(best_path):
-        model.load_weights(best_path)
-    records = finetuning.read_json(history_path, [])
-    best = max(records, key=lambda r: r[task.best_metric]) if records else None
-    from kbert.models import inference_copy
-
-    final = inference_copy(model)
-    final.save(os.path.join(FLAGS.model_dir, "model.keras"))
-    summary = {
-        "task": FLAGS.task,
-        "best_epoch": best and best["epoch"],
-        "best": best and {k: v for k, v in best.items() if k not in ("epoch", "step")},
-        "epochs": records,
-        "train_examples": task.num_train_examples,
-        "trimmed_train_examples": task.num_truncated,
-        "eval_examples": task.num_eval_examples,
-        "steps_this_run": trained_steps,
-        "train_seconds_this_run": round(train_seconds, 1),
-    }
-    if trained_steps:
-        # Sequences = packed examples (SQuAD: windows), at most one pass per epoch.
-        summary["train_sequences_per_second"] = round(
-            min(trained_steps * FLAGS.global_batch_size, task.num_train_sequences * len(schedule))
-            / max(train_seconds, 1e-9), 1
-        )
+    metrics_path = os.path.join(FLAGS.model_dir, "metrics.json")
     if FLAGS.export:
         from kbert.serving import ExportVerificationError
 
-        export_dir = os.path.join(FLAGS.model_dir, "export")
-        os.makedirs(export_dir, exist_ok=True)
-        log = os.path.join(export_dir, "export.log")
         try:
-            with runs.stderr_to_file(log):
-                summary["export"] = task.export(final, tokenizer, export_dir, FLAGS.sequence_length)
+            summary["export"] = finetune_run.export_task(
+                task, final, tokenizer, FLAGS.model_dir, FLAGS.sequence_length
+            )
         except ExportVerificationError as e:
-            finetuning.write_json(os.path.join(FLAGS.model_dir, "metrics.json"), summary)
-            _fail(f"export check failed (details in {log}): {e}")
-    finetuning.write_json(os.path.join(FLAGS.model_dir, "metrics.json"), summary)
+            finetuning.write_json(metrics_path, summary)
+            _fail(f"export check failed: {e}")
+    finetuning.write_json(metrics_path, summary)
     print("\nResult (best epoch, evaluation file):")
     for k, v in (summary["best"] or {}).items():
         print(f"  {k:<24} {v:.4f}")
     print(f"  {'best epoch':<24} {summary['best_epoch']}")
-    if trained_steps:
+    if "train_sequences_per_second" in summary:
         print(f"  {'train sequences/s':<24} {summary['train_sequences_per_second']}")
     for name, check in (summary.get("export") or {}).get("checked", {}).items():
         print(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in check.items()))
-    print(f"Details: {os.path.join(FLAGS.model_dir, 'metrics.json')}", flush=True)
+    print(f"Details: {metrics_path}", flush=True)
 
 
 if __name__ == "__main__":
