@@ -49,13 +49,7 @@ class BertClassifier(BertTaskModel):
         config = encoder.bert_config
         dropout = self._check_dropout(config.hidden_dropout_prob if dropout is None else dropout)
         # === Layers ===
-        dropout_layer = keras.layers.Dropout(dropout, dtype=encoder.dtype_policy, name="dropout")
-        output_dense = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=config.initializer_range),
-            dtype="float32",
-            name="logits",
-        )
+        dropout_layer, output_dense = self._dropout_and_dense(encoder, num_classes, dropout, "logits")
         # === Functional graph ===
         inputs = self._encoder_inputs()
         # The encoder's layers, with only [CLS] computed in the last block.

@@ -26,6 +26,18 @@ class BertTaskModel(keras.Model):
         return float(dropout)
 
     @staticmethod
+    def _dropout_and_dense(encoder, units, dropout, name):
+        """The head's dropout (in the encoder's policy) and float32 dense layer."""
+        initializer = keras.initializers.TruncatedNormal(
+            stddev=encoder.bert_config.initializer_range
+        )
+        dropout_layer = keras.layers.Dropout(dropout, dtype=encoder.dtype_policy, name="dropout")
+        dense = keras.layers.Dense(
+            units, kernel_initializer=initializer, dtype="float32", name=name
+        )
+        return dropout_layer, dense
+
+    @staticmethod
     def _encoder_inputs():
         return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in INPUT_NAMES}
 

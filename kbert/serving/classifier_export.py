@@ -17,7 +17,6 @@ and MediaPipe Tasks' BERT classifiers (MediaPipe Model Maker's export).
 """
 
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -28,10 +27,12 @@ from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    check_export_target,
     check_text_batch,
     run_saved_model_in_fresh_process,
     text_input_specs,
 )
+from kbert.serving.tflite import convert_to_tflite
 from kbert.text.bert_text_preprocessor import BertTextPreprocessor
 
 TFLITE_SIGNATURE = "serving_default"
@@ -72,18 +73,10 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
         raise ValueError(
             f"label_list {label_list} must name the model's {model.num_classes} classes."
         )
-    limit = model.encoder.bert_config.max_position_embeddings
-    if sequence_length > limit:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
-        )
     if num_segments not in (1, 2):
         raise ValueError(f"num_segments={num_segments} must be 1 or 2.")
-    if version < 1:
-        raise ValueError(f"version={version} must be >= 1.")
     path = os.path.join(export_base, str(version))
-    if os.path.exists(path):
-        raise ValueError(f"{path} exists; export to a new version or remove it.")
+    check_export_target(model, sequence_length, version, path)
     preprocessor = BertTextPreprocessor(tokenizer, sequence_length)
     labels = None if regression else tf.constant([str(x) for x in label_list])
 
@@ -151,24 +144,8 @@ def export_classifier_tflite(model, path, sequence_length=128):
             "probabilities": outputs["probabilities"]
         }
 
-    with tempfile.TemporaryDirectory() as saved_model_dir:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            TFLITE_SIGNATURE, serve,
-            input_signature=[
-                tf.TensorSpec([1, sequence_length], tf.int32, name=n) for n in TFLITE_INPUT_NAMES
-            ],
-        )
-        archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            saved_model_dir, signature_keys=[TFLITE_SIGNATURE]
-        )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        flatbuffer = converter.convert()
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
-    return flatbuffer
+    specs = [tf.TensorSpec([1, sequence_length], tf.int32, name=n) for n in TFLITE_INPUT_NAMES]
+    return convert_to_tflite(model, serve, specs, TFLITE_SIGNATURE, path)
 
 
 def run_classifier_tflite(path, features):

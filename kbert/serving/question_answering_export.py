@@ -35,6 +35,7 @@ from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    check_export_target,
     check_text_batch,
     run_saved_model_in_fresh_process,
     text_input_specs,
@@ -160,21 +161,13 @@ def export_question_answering_saved_model(model, tokenizer, export_base, sequenc
         ValueError: `sequence_length` above `max_position_embeddings` or too
             short for `max_query_length`, a bad or existing version.
     """
-    limit = model.encoder.bert_config.max_position_embeddings
-    if sequence_length > limit:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
-        )
     if sequence_length < max_query_length + 4:
         raise ValueError(
             f"sequence_length={sequence_length} leaves no context after a "
             f"max_query_length={max_query_length} question and 3 special tokens."
         )
-    if version < 1:
-        raise ValueError(f"version={version} must be >= 1.")
     path = os.path.join(export_base, str(version))
-    if os.path.exists(path):
-        raise ValueError(f"{path} exists; export to a new version or remove it.")
+    check_export_target(model, sequence_length, version, path)
 
     def serve_text(question, context):
         question, context = check_text_batch(question=question, context=context)

@@ -39,6 +39,25 @@ class _VocabularyTable(tf.Module):
         )
 
 
+def check_export_target(model, sequence_length, version, path):
+    """Validates a task-model export before anything is written.
+
+    Raises:
+        ValueError: `sequence_length` above the encoder's
+            `max_position_embeddings`, `version` < 1, or an existing `path`
+            (a version is never overwritten).
+    """
+    limit = model.encoder.bert_config.max_position_embeddings
+    if sequence_length > limit:
+        raise ValueError(
+            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
+        )
+    if version < 1:
+        raise ValueError(f"version={version} must be >= 1.")
+    if os.path.exists(path):
+        raise ValueError(f"{path} exists; export to a new version or remove it.")
+
+
 def text_input_specs(*names):
     """Input specs of text signatures: tf.string of *unknown* rank, checked at run time.
 

@@ -23,27 +23,12 @@ from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    check_export_target,
     check_text_batch,
     run_saved_model_in_fresh_process,
     text_input_specs,
 )
 from kbert.text.bert_word_packer import BertWordPacker
-
-
-def _check_export_args(model, label_list, sequence_length, version, path):
-    if len(label_list) != model.num_classes:
-        raise ValueError(
-            f"label_list has {len(label_list)} tags but the model has {model.num_classes} classes."
-        )
-    limit = model.encoder.bert_config.max_position_embeddings
-    if sequence_length > limit:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
-        )
-    if version < 1:
-        raise ValueError(f"version={version} must be >= 1.")
-    if os.path.exists(path):
-        raise ValueError(f"{path} exists; export to a new version or remove it.")
 
 
 def tag_words(model, packer, label_list, words):
@@ -98,7 +83,11 @@ def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequenc
             `max_position_embeddings`, a bad or existing version.
     """
     path = os.path.join(export_base, str(version))
-    _check_export_args(model, label_list, sequence_length, version, path)
+    if len(label_list) != model.num_classes:
+        raise ValueError(
+            f"label_list has {len(label_list)} tags but the model has {model.num_classes} classes."
+        )
+    check_export_target(model, sequence_length, version, path)
     packer = BertWordPacker(tokenizer, sequence_length)
     labels = tf.constant([str(x) for x in label_list])
 

@@ -49,26 +49,43 @@ def export_tflite(encoder, path, sequence_length=128, batch_size=1):
         )
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
+    specs = [tf.TensorSpec([batch_size, sequence_length], tf.int32, name=n) for n in INPUT_NAMES]
+    return convert_to_tflite(encoder, serve, specs, SIGNATURE, path)
+
+
+def convert_to_tflite(model, function, input_signature, signature, path):
+    """Converts `function` (tracking `model`'s variables) to a TFLite file, builtin ops only.
+
+    Goes through `keras.export.ExportArchive` (which keeps Keras 3
+    variables) and `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`,
+    so the file runs on the stock TFLite runtime without Flex ops.
+
+    Args:
+        model: the Keras model whose variables `function` reads.
+        function: callable of the `input_signature` tensors -> dict of outputs.
+        input_signature: list of `tf.TensorSpec` with names (fixed shapes).
+        signature: str, the signature key in the TFLite file.
+        path: str, the `.tflite` file to write.
+
+    Returns:
+        bytes, the flatbuffer (also written to `path`).
+
+    Raises:
+        tf.lite ConverterError: an op outside the TFLite builtins.
+    """
     with tempfile.TemporaryDirectory() as saved_model_dir:
         archive = keras.export.ExportArchive()
-        archive.track(encoder)
-        archive.add_endpoint(
-            SIGNATURE,
-            serve,
-            input_signature=[
-                tf.TensorSpec([batch_size, sequence_length], tf.int32, name=name)
-                for name in INPUT_NAMES
-            ],
-        )
+        archive.track(model)
+        archive.add_endpoint(signature, function, input_signature=input_signature)
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            saved_model_dir, signature_keys=[SIGNATURE]
+            saved_model_dir, signature_keys=[signature]
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        model = converter.convert()
+        flatbuffer = converter.convert()
     with open(path, "wb") as f:
-        f.write(model)
-    return model
+        f.write(flatbuffer)
+    return flatbuffer
 
 
 def run_tflite(path, features):
