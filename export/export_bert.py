@@ -25,7 +25,7 @@ flags.DEFINE_string("model_dir", None, "Folder written by trainers.pretrain.")
 flags.DEFINE_string("output_dir", None, "Where to write the artifacts.")
 flags.DEFINE_integer("sequence_length", 128, "Packed length of both exports.")
 flags.DEFINE_integer("version", 1, "TF Serving model version.")
-flags.DEFINE_list("texts", ["The quick brown fox jumps over the lazy dog.", "A function returns a value."], "Sample texts for the checks.")
+flags.DEFINE_multi_string("texts", ["The quick brown fox jumps over the lazy dog.", "A function returns a value."], "Sample texts for the checks; repeat the flag for more (commas stay inside a text).")
 flags.DEFINE_float("atol", 1e-4, "Largest allowed abs difference from Keras.")
 flags.mark_flags_as_required(["model_dir", "output_dir"])
 

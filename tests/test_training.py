@@ -157,3 +157,22 @@ def test_pretrain_resumes_after_kill(tmp_path, wikitext_valid, uncased_vocab):
     assert other.returncode != 0
     assert "holds a run with another model config" in other.stderr
     assert (model_dir / "bert_config.json").read_text() == config_before
+
+
+def test_pretrain_corpus_problems_are_one_line_and_leave_no_folder(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9 au lait\n")
+    model_dir = tmp_path / "run"
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: the program keeps TF quiet
+    for corpus, message in [
+        (tmp_path / "nope.txt", "error: --corpus: No corpus file matches"),
+        (bad, f"error: --corpus: {bad}:1: not UTF-8 (byte 0xe9 at column 4)"),
+        (tmp_path, "error: --corpus: Corpus pattern"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "trainers.pretrain", f"--model_dir={model_dir}",
+             f"--corpus={corpus}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert result.stderr.strip().startswith(message) and "\n" not in result.stderr.strip()
+        assert not model_dir.exists()

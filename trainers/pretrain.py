@@ -59,8 +59,7 @@ flags.register_multi_flags_validator(
 
 
 def _fail(message):
-    """Stops with a one-line error (no usage dump)."""
-    logging.error(message)
+    """Stops with a one-line error (no usage dump) and exit code 1."""
     sys.exit(f"error: {message}")
 
 
@@ -109,6 +108,13 @@ def main(argv):
         )
     if FLAGS.vocab_file and not os.path.isfile(FLAGS.vocab_file):
         _fail(f"--vocab_file={FLAGS.vocab_file} does not exist.")
+    # Corpus problems are reported in one line, before --model_dir is created.
+    for name in ("corpus", "eval_corpus"):
+        if FLAGS[name].value:
+            try:
+                data.read_documents(FLAGS[name].value)
+            except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+                _fail(f"--{name}: {e}")
     _check_same_run(
         os.path.join(FLAGS.model_dir, "tokenizer_config.json"),
         {"do_lower_case": FLAGS.lowercase}, "tokenizer casing",

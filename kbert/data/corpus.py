@@ -1,8 +1,11 @@
 """Plain-text corpora: reading documents, and the offline default corpus."""
 
 import glob
+import io
 import os
 import re
+
+from kbert.data.files import read_text
 
 # Sentence boundary: ., ! or ? followed by whitespace. Deliberately simple: a
 # wrong split only moves an NSP boundary, never loses text.
@@ -27,7 +30,9 @@ def read_documents(file_patterns, split_sentences=True):
 
     Raises:
         FileNotFoundError: a pattern matches no file (the pattern is named).
-        ValueError: the files hold no text.
+        IsADirectoryError: a pattern names a folder.
+        ValueError: the files hold no text, or bytes that are not UTF-8
+            (file, line and byte named).
     """
     if isinstance(file_patterns, (str, os.PathLike)):
         file_patterns = [file_patterns]
@@ -36,20 +41,25 @@ def read_documents(file_patterns, split_sentences=True):
         matched = sorted(glob.glob(os.fspath(pattern)))
         if not matched:
             raise FileNotFoundError(f"No corpus file matches {os.fspath(pattern)!r}.")
+        folders = [m for m in matched if os.path.isdir(m)]
+        if folders:
+            raise IsADirectoryError(
+                f"Corpus pattern {os.fspath(pattern)!r} matches the folder {folders[0]}; "
+                "give text files (e.g. 'folder/*.txt')."
+            )
         paths.extend(matched)
     documents = []
     for path in paths:
         current = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    if current:
-                        documents.append(current)
-                    current = []
-                    continue
-                parts = _SENTENCE_END.split(line) if split_sentences else [line]
-                current.extend(part for part in parts if part)
+        for line in io.StringIO(read_text(path), newline=None):
+            line = line.strip()
+            if not line:
+                if current:
+                    documents.append(current)
+                current = []
+                continue
+            parts = _SENTENCE_END.split(line) if split_sentences else [line]
+            current.extend(part for part in parts if part)
         if current:
             documents.append(current)
     if not documents:
