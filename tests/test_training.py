@@ -176,3 +176,19 @@ def test_pretrain_corpus_problems_are_one_line_and_leave_no_folder(tmp_path):
         assert result.returncode == 1, result.stderr[-2000:]
         assert result.stderr.strip().startswith(message) and "\n" not in result.stderr.strip()
         assert not model_dir.exists()
+
+
+def test_pretrain_checkpoint_interval_need_not_divide_train_steps(tmp_path):
+    # 25 steps, a checkpoint every 10: intervals of 10, 10 and 5, a checkpoint after each.
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.pretrain", f"--model_dir={model_dir}",
+         "--train_steps=25", "--checkpoint_every=10", "--global_batch_size=8",
+         "--sequence_length=32", "--max_predictions_per_seq=5", "--dupe_factor=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((model_dir / "summary.json").read_text())["final_step"] == 25
+    steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in model_dir.glob("ckpt-*.index"))
+    assert steps == [10, 20, 25]
+    with open(model_dir / "history.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]

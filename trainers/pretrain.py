@@ -42,7 +42,7 @@ flags.DEFINE_integer("sequence_length", 128, "Tokens per example.", lower_bound=
 flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions per example.", lower_bound=1)
 flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus with different NSP pairings.", lower_bound=1)
 flags.DEFINE_integer("train_steps", 300, "Total optimizer steps.", lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints; divides train_steps.", lower_bound=1)
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints (and at the last step).", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
 flags.DEFINE_integer("warmup_steps", None, "Warmup steps (default 10% of train_steps).")
 flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.")
@@ -51,11 +51,6 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.")
 flags.DEFINE_integer("seed", 12345, "Seed for data and initialisation.")
 flags.mark_flag_as_required("model_dir")
-flags.register_multi_flags_validator(
-    ["train_steps", "checkpoint_every"],
-    lambda f: f["train_steps"] % f["checkpoint_every"] == 0,
-    message="--checkpoint_every must divide --train_steps.",
-)
 
 
 def _fail(message):
@@ -181,26 +176,35 @@ def main(argv):
     )
     print(f"Starting at step {start_step} of {FLAGS.train_steps}.", flush=True)
 
-    dataset = data.build_pretraining_dataset(
-        corpus, tokenizer, data_config, FLAGS.global_batch_size, skip_batches=start_step
-    ).map(data.split_features_for_fit)
-    started = time.time()
-    if start_step < FLAGS.train_steps:
+    every = min(FLAGS.checkpoint_every, FLAGS.train_steps)
+    full, rest = divmod(FLAGS.train_steps, every)
+    callbacks = [
+        training.CheckpointCallback(checkpoint, every),
+        keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
+    ]
+
+    def fit(skip_batches, initial_epoch, epochs, steps_per_epoch):
+        # One Keras epoch per checkpoint interval; the stream starts where the run stands.
+        dataset = data.build_pretraining_dataset(
+            corpus, tokenizer, data_config, FLAGS.global_batch_size, skip_batches=skip_batches
+        ).map(data.split_features_for_fit)
         model.fit(
             dataset,
-            initial_epoch=start_step // FLAGS.checkpoint_every,
-            epochs=FLAGS.train_steps // FLAGS.checkpoint_every,
-            steps_per_epoch=FLAGS.checkpoint_every,
-            callbacks=[
-                training.CheckpointCallback(checkpoint, FLAGS.checkpoint_every),
-                keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
-                keras.callbacks.CSVLogger(
-                    os.path.join(FLAGS.model_dir, "history.csv"), append=True
-                ),
-            ],
+            initial_epoch=initial_epoch,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
             shuffle=False,  # the dataset is shuffled (seeded) by kbert.data
             verbose=runs.progress_verbosity(),
         )
+
+    started = time.time()
+    if start_step < full * every:
+        fit(start_step, start_step // every, full, every)
+    if rest and start_step < FLAGS.train_steps:
+        # A last, shorter interval when --checkpoint_every does not divide --train_steps.
+        fit(max(start_step, full * every), full, full + 1, FLAGS.train_steps - max(start_step, full * every))
     elapsed = time.time() - started
     model.save(os.path.join(FLAGS.model_dir, "pretrainer.keras"))
     encoder.save(os.path.join(FLAGS.model_dir, "encoder.keras"))
