@@ -61,3 +61,38 @@ def _float32_policy():
 
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+# --- GLUE SST-2 helpers shared by the fine-tuning data tests -----------------------------
+
+SST2 = SHARED_DATA / "glue" / "SST-2"
+CLS, SEP, PAD = 101, 102, 0  # Google's uncased vocabulary
+
+
+def sst2_path(name):
+    """Path of a shared SST-2 file; skips the test when the shared data is absent."""
+    return _require(SST2 / name)
+
+
+def plain_rows(path):
+    """(sentence, label) pairs of a GLUE TSV file, with str.split only (an independent reader)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    assert lines[0].split("\t") == ["sentence", "label"]
+    return [tuple(line.split("\t")) for line in lines[1:] if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(uncased_vocab):
+    transformers = pytest.importorskip("transformers")
+    # transformers 5 takes the vocabulary as `vocab=` (a `vocab_file=` keyword is silently
+    # ignored and leaves a 5-token vocabulary), so check that it loaded.
+    tokenizer = transformers.BertTokenizerFast(vocab=uncased_vocab, do_lower_case=True)
+    assert tokenizer.vocab_size == 30522
+    assert tokenizer("hello naïve café", add_special_tokens=False)["input_ids"] == [7592, 15743, 7668]
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def sst2_dev_rows():
+    return plain_rows(sst2_path("dev.tsv"))

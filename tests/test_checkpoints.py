@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kbert.checkpoints import CheckpointMismatchError, detect_format, load, load_tokenizer, read_model, save
-from kbert.checkpoints import canonical, huggingface, keras_hub_bert, model_garden
+from kbert.checkpoints import (
+    CheckpointMismatchError,
+    canonical,
+    detect_format,
+    huggingface,
+    keras_hub_bert,
+    load,
+    load_tokenizer,
+    model_garden,
+    read_model,
+    save,
+)
 from kbert.models import BertEncoder, BertPretrainer
 from kbert.text import BertPacker
 from tests.conftest import SHARED_DATA

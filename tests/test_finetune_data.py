@@ -1,10 +1,7 @@
-"""Fine-tuning data: GLUE TSV reading (SST-2), text pairs against HuggingFace and google-research's
-`_truncate_seq_pair`, `padding="longest"`, length-bucketed batch plans, padded batches, and the
-GLUE metrics against scikit-learn and scipy.
+"""Fine-tuning data: GLUE TSV reading (SST-2), length-bucketed batch plans and padded batches.
 
 References are independent of the code under test: the raw files read with plain Python,
-`transformers.BertTokenizerFast` on the same vocabulary, a hand-written `_truncate_seq_pair`,
-NumPy padding, scikit-learn and scipy.stats.
+`transformers.BertTokenizerFast` on the same vocabulary, and NumPy padding.
 """
 
 import collections
@@ -22,59 +19,17 @@ from kbert.data import (
     read_tsv,
     text_dataset,
 )
-from kbert.metrics import (
-    accuracy,
-    f1,
-    matthews_correlation,
-    pearson_correlation,
-    spearman_correlation,
-)
-from kbert.text import BertPacker, BertTextPreprocessor
-from tests.conftest import SHARED_DATA
-
-SST2 = SHARED_DATA / "glue" / "SST-2"
-CLS, SEP, PAD = 101, 102, 0  # Google's uncased vocabulary
-
-
-def _sst2(name):
-    path = SST2 / name
-    if not path.exists():
-        pytest.skip(f"shared test data not found: {path} (set KBERT_SHARED_DATA)")
-    return str(path)
-
-
-def _plain_rows(path):
-    """(sentence, label) pairs of a GLUE TSV file, with str.split only."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    assert lines[0].split("\t") == ["sentence", "label"]
-    return [tuple(line.split("\t")) for line in lines[1:] if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(uncased_vocab):
-    transformers = pytest.importorskip("transformers")
-    # transformers 5 takes the vocabulary as `vocab=` (a `vocab_file=` keyword is silently
-    # ignored and leaves a 5-token vocabulary), so check that it loaded.
-    tokenizer = transformers.BertTokenizerFast(vocab=uncased_vocab, do_lower_case=True)
-    assert tokenizer.vocab_size == 30522
-    assert tokenizer("hello naïve café", add_special_tokens=False)["input_ids"] == [7592, 15743, 7668]
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def dev_rows():
-    return _plain_rows(_sst2("dev.tsv"))
-
+from kbert.text import BertTextPreprocessor
+from tests.conftest import CLS, PAD, SEP, plain_rows, sst2_path  # noqa: F401
 
 # --------------------------------------------------------------------------- read_tsv
 
 
 @pytest.mark.parametrize("name,count", [("train.tsv", 67_349), ("dev.tsv", 436)])
 def test_sst2_counts_and_label_balance(name, count):
-    rows = _plain_rows(_sst2(name))
+    rows = plain_rows(sst2_path(name))
     assert len(rows) == count
-    examples = read_tsv(_sst2(name), ["sentence"], "label")
+    examples = read_tsv(sst2_path(name), ["sentence"], "label")
     assert len(examples) == count and examples.label_list == ["0", "1"]
     assert examples.labels.dtype == np.int32
     plain = collections.Counter(label for _, label in rows)
@@ -167,147 +122,6 @@ def test_read_tsv_missing_file(tmp_path):
         read_tsv(_write(tmp_path, "a\tb\tc\n"), ["a", "b", "c"])
 
 
-# ------------------------------------------------------------------ two-segment packing
-
-
-def truncate_seq_pair(tokens_a, tokens_b, max_length):
-    """google-research/bert `run_classifier._truncate_seq_pair`, written out again."""
-    tokens_a, tokens_b = list(tokens_a), list(tokens_b)
-    while len(tokens_a) + len(tokens_b) > max_length:
-        if len(tokens_a) > len(tokens_b):
-            tokens_a.pop()
-        else:
-            tokens_b.pop()
-    return tokens_a, tokens_b
-
-
-def _pack(tokens_a, tokens_b, length):
-    ids = [CLS] + tokens_a + [SEP] + tokens_b + [SEP]
-    segments = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
-    pad = length - len(ids)
-    return ids + [PAD] * pad, segments + [0] * pad, [1] * len(ids) + [0] * pad
-
-
-def test_truncate_seq_pair_rule_by_hand():
-    # Hand-worked: 6 + 3 pieces into 5 -> pop A to 3 (3 + 3 = 6 > 5), tie pops B.
-    assert truncate_seq_pair("abcdef", "xyz", 5) == (list("abc"), list("xy"))
-    assert truncate_seq_pair("ab", "uvwxyz", 5) == (list("ab"), list("uvw"))
-    assert truncate_seq_pair("abcde", "uvwxyz", 5) == (list("abc"), list("uv"))
-    assert truncate_seq_pair("", "uvwxyz", 2) == ([], list("uv"))
-
-
-def test_packer_trims_pairs_like_truncate_seq_pair_exhaustively():
-    lengths = [(a, b) for a in range(8) for b in range(8)]
-    seg_a = tf.ragged.constant([list(range(1000, 1000 + a)) for a, _ in lengths], tf.int32)
-    seg_b = tf.ragged.constant([list(range(2000, 2000 + b)) for _, b in lengths], tf.int32)
-    for sequence_length in range(3, 14):
-        out = BertPacker(sequence_length, CLS, SEP, PAD)([seg_a, seg_b])
-        out = {k: v.numpy().tolist() for k, v in out.items()}
-        for row, (a, b) in enumerate(lengths):
-            kept = truncate_seq_pair(range(1000, 1000 + a), range(2000, 2000 + b), sequence_length - 3)
-            ids, segments, mask = _pack(*kept, sequence_length)
-            assert out["token_ids"][row] == ids, (sequence_length, a, b)
-            assert out["segment_ids"][row] == segments
-            assert out["padding_mask"][row] == mask
-
-
-TRICKY_PAIRS = [
-    ("Héllo, WORLD!", "naïve café"),
-    ("I love 北京 !", "AT&T's ½ price (1895–1943)"),
-    ("a", "the unaffable, unbelievably tiresome performances of everyone involved"),
-    ("the unaffable, unbelievably tiresome performances of everyone involved", "a"),
-    ("one two three four five", "six seven eight nine ten"),  # equal lengths
-]
-
-
-def _pairs(dev_rows):
-    sentences = [sentence for sentence, _ in dev_rows]
-    return TRICKY_PAIRS + list(zip(sentences[:-1], sentences[1:]))
-
-
-def _hf_pieces(hf_tokenizer, texts):
-    return hf_tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-@pytest.mark.parametrize("sequence_length", [12, 16, 31, 64])
-def test_pairs_match_huggingface_and_truncate_seq_pair(uncased_tokenizer, hf_tokenizer, dev_rows,
-                                                       sequence_length):
-    pairs = _pairs(dev_rows)
-    text, text_pair = [a for a, _ in pairs], [b for _, b in pairs]
-    kbert = BertTextPreprocessor(uncased_tokenizer, sequence_length)((text, text_pair))
-    kbert = {k: v.numpy() for k, v in kbert.items()}
-    hf = hf_tokenizer(text, text_pair, truncation="longest_first", max_length=sequence_length,
-                      padding="max_length", return_tensors="np")
-    budget = sequence_length - 3
-    compared = trimmed = diverged = 0
-    for row, (a, b) in enumerate(zip(_hf_pieces(hf_tokenizer, text),
-                                     _hf_pieces(hf_tokenizer, text_pair))):
-        # google-research/bert's rule on HF's word pieces: kbert follows it on every row.
-        ids, segments, mask = _pack(*truncate_seq_pair(a, b, budget), sequence_length)
-        assert kbert["token_ids"][row].tolist() == ids, pairs[row]
-        assert kbert["segment_ids"][row].tolist() == segments
-        assert kbert["padding_mask"][row].tolist() == mask
-        # HF's "longest_first" gives the odd leftover piece to the longer segment (B on a
-        # tie), google-research's to A: they differ when both segments are cut to half an
-        # odd budget and B is at least as long as A.
-        if budget % 2 and min(len(a), len(b)) > budget // 2 and len(b) >= len(a):
-            diverged += 1
-            hf_kept = int(hf["attention_mask"][row].sum())
-            assert hf["token_type_ids"][row][:hf_kept].tolist() == (
-                [0] * (budget // 2 + 2) + [1] * (budget // 2 + 2))
-            assert segments[:hf_kept] == [0] * (budget // 2 + 3) + [1] * (budget // 2 + 1)
-            continue
-        compared += 1
-        trimmed += len(a) + len(b) > budget
-        assert kbert["token_ids"][row].tolist() == hf["input_ids"][row].tolist(), pairs[row]
-        assert kbert["segment_ids"][row].tolist() == hf["token_type_ids"][row].tolist()
-        assert kbert["padding_mask"][row].tolist() == hf["attention_mask"][row].tolist()
-    assert compared > 200
-    if sequence_length < 64:
-        assert trimmed > 50, trimmed  # the comparison covers real trimming
-    if budget % 2:
-        assert diverged > 10  # ... and the known difference occurs in these data
-
-
-def test_padding_longest_is_max_length_cut_to_the_longest_row(uncased_tokenizer, hf_tokenizer,
-                                                              dev_rows):
-    sentences = [sentence for sentence, _ in dev_rows]
-    cases = [
-        (sentences[:40], 128),  # single segment; the longest row is far below 128
-        ((sentences[:40], sentences[40:80]), 128),  # pairs, untrimmed
-        ((sentences[:40], sentences[40:80]), 24),  # pairs trimmed: the width is 24
-        (sentences[:1], 128),
-    ]
-    for inputs, sequence_length in cases:
-        fixed = BertTextPreprocessor(uncased_tokenizer, sequence_length)(inputs)
-        longest = BertTextPreprocessor(uncased_tokenizer, sequence_length, padding="longest")(inputs)
-        segments = inputs if isinstance(inputs, tuple) else (inputs,)
-        pieces = [sum(len(p) for p in row) + len(segments) + 1
-                  for row in zip(*(_hf_pieces(hf_tokenizer, list(s)) for s in segments))]
-        width = min(max(pieces), sequence_length)
-        assert width < 128
-        for name in ("token_ids", "segment_ids", "padding_mask"):
-            assert longest[name].dtype == tf.int32
-            assert longest[name].shape == (len(segments[0]), width), name
-            np.testing.assert_array_equal(longest[name], fixed[name][:, :width])
-        assert (fixed["padding_mask"].numpy()[:, width:] == 0).all()
-        np.testing.assert_array_equal(np.sum(longest["padding_mask"], 1),
-                                      np.minimum(pieces, sequence_length))
-
-
-def test_preprocessor_config_and_errors(uncased_tokenizer):
-    layer = BertTextPreprocessor(uncased_tokenizer, 16, padding="longest")
-    clone = BertTextPreprocessor.from_config(layer.get_config())
-    assert (clone.sequence_length, clone.padding) == (16, "longest")
-    assert clone(["a b c"])["token_ids"].numpy().tolist() == [[CLS, 1037, 1038, 1039, SEP]]
-    with pytest.raises(ValueError, match=r"`padding` must be one of .*received 'left'"):
-        BertPacker(16, CLS, SEP, padding="left")
-    with pytest.raises(ValueError, match="received 3 segments"):
-        layer((["a"], ["b"], ["c"]))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="same number of strings"):
-        layer((["a", "b"], ["c"]))
-
-
 # ------------------------------------------------------------------------ batch plans
 
 
@@ -370,10 +184,10 @@ def test_plan_batches_without_shuffle_keeps_file_order():
 
 
 def test_sst2_length_grouping_cuts_padding_waste(uncased_tokenizer, hf_tokenizer):
-    examples = read_tsv(_sst2("train.tsv"), ["sentence"], "label")
+    examples = read_tsv(sst2_path("train.tsv"), ["sentence"], "label")
     preprocessor = BertTextPreprocessor(uncased_tokenizer, 32, padding="longest")
     features, num_truncated = encode_texts(examples.texts, preprocessor)
-    hf_lengths = np.array([len(ids) for ids in _hf_pieces(hf_tokenizer, examples.texts[0])])
+    hf_lengths = np.array([len(ids) for ids in hf_tokenizer(examples.texts[0], add_special_tokens=False)["input_ids"]])
     # Every example is packed once; the truncated ones are those over 30 pieces.
     assert num_truncated == int((hf_lengths > 30).sum()) > 0
     lengths = features["token_ids"].row_lengths().numpy()
@@ -431,13 +245,13 @@ def test_padded_batches_dataset_pads_each_batch_to_its_longest():
     assert y["index"].numpy().tolist() == [3, 1]
 
 
-def test_sst2_dev_text_dataset_matches_huggingface_rows(uncased_tokenizer, hf_tokenizer, dev_rows):
-    examples = read_tsv(_sst2("dev.tsv"), ["sentence"], "label")
+def test_sst2_dev_text_dataset_matches_huggingface_rows(uncased_tokenizer, hf_tokenizer, sst2_dev_rows):
+    examples = read_tsv(sst2_path("dev.tsv"), ["sentence"], "label")
     preprocessor = BertTextPreprocessor(uncased_tokenizer, 128, padding="longest")
     features, num_truncated = encode_texts(examples.texts, preprocessor, chunk_size=100)
     assert num_truncated == 0
-    hf_rows = hf_tokenizer([s for s, _ in dev_rows])["input_ids"]
-    labels = [int(label) for _, label in dev_rows]
+    hf_rows = hf_tokenizer([s for s, _ in sst2_dev_rows])["input_ids"]
+    labels = [int(label) for _, label in sst2_dev_rows]
     # Evaluation order: the file's, batches of 32 padded to their longest row.
     rows, seen = 0, []
     for x, y in text_dataset(features, examples.labels, 32, shuffle=False):
@@ -463,90 +277,3 @@ def test_sst2_dev_text_dataset_matches_huggingface_rows(uncased_tokenizer, hf_to
     assert num_batches == batches_per_epoch(436, 32) == 14
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-def _random_classes(seed, n, num_classes, agree=0.6):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, num_classes, n)
-    predictions = np.where(rng.random(n) < agree, labels, rng.integers(0, num_classes, n))
-    return labels, predictions
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_classification_metrics_match_scikit_learn(seed):
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    labels, predictions = _random_classes(seed, 200 + 37 * seed, 2)
-    assert accuracy(labels, predictions) == pytest.approx(
-        sklearn_metrics.accuracy_score(labels, predictions), abs=1e-12)
-    assert f1(labels, predictions) == pytest.approx(
-        sklearn_metrics.f1_score(labels, predictions), abs=1e-12)
-    assert f1(labels, predictions, positive_label=0) == pytest.approx(
-        sklearn_metrics.f1_score(labels, predictions, pos_label=0), abs=1e-12)
-    assert matthews_correlation(labels, predictions) == pytest.approx(
-        sklearn_metrics.matthews_corrcoef(labels, predictions), abs=1e-12)
-    for num_classes in (3, 5):
-        labels, predictions = _random_classes(seed, 300, num_classes, agree=0.4)
-        assert matthews_correlation(labels, predictions) == pytest.approx(
-            sklearn_metrics.matthews_corrcoef(labels, predictions), abs=1e-12)
-    # String class names and a class that is predicted but never true.
-    labels = np.array(["a", "b", "b", "c", "a", "b"])
-    predictions = np.array(["a", "b", "d", "c", "b", "b"])
-    assert matthews_correlation(labels, predictions) == pytest.approx(
-        sklearn_metrics.matthews_corrcoef(labels, predictions), abs=1e-12)
-
-
-def test_classification_metrics_hand_computed_and_degenerate():
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    labels = [1, 1, 0, 0, 1, 0]
-    predictions = [1, 0, 0, 1, 1, 0]
-    # tp = 2, fp = 1, fn = 1, tn = 2: F1 = 4 / 6, MCC = (2*2 - 1*1) / sqrt(3*3*3*3) = 1/3.
-    assert accuracy(labels, predictions) == pytest.approx(4 / 6)
-    assert f1(labels, predictions) == pytest.approx(2 / 3)
-    assert matthews_correlation(labels, predictions) == pytest.approx(1 / 3)
-    for constant in ([1] * 6, [0] * 6):
-        assert matthews_correlation(labels, constant) == 0.0
-        assert matthews_correlation(constant, labels) == 0.0
-        assert sklearn_metrics.matthews_corrcoef(labels, constant) == 0.0
-    assert matthews_correlation([2, 2, 2], [2, 2, 2]) == 0.0  # one class: undefined -> 0
-    assert matthews_correlation(labels, labels) == pytest.approx(1.0)
-    assert matthews_correlation(labels, [1 - p for p in labels]) == pytest.approx(-1.0)
-    # No positive at all: sklearn's zero_division=0 value.
-    assert f1([0, 0, 0], [0, 0, 0]) == 0.0 == sklearn_metrics.f1_score([0, 0, 0], [0, 0, 0],
-                                                                       zero_division=0)
-    with pytest.raises(ValueError, match=r"differ in shape: \(3,\) vs \(2,\)"):
-        accuracy([1, 0, 1], [1, 0])
-    with pytest.raises(ValueError, match="empty"):
-        f1([], [])
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_correlations_match_scipy(seed):
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(seed)
-    labels = rng.uniform(0, 5, 150)
-    predictions = labels + rng.normal(0, 1.5, 150)
-    assert pearson_correlation(labels, predictions) == pytest.approx(
-        stats.pearsonr(labels, predictions)[0], abs=1e-12)
-    assert spearman_correlation(labels, predictions) == pytest.approx(
-        stats.spearmanr(labels, predictions)[0], abs=1e-12)
-    # STS-B-like scores with many ties (rounded to 0.2) on both sides.
-    tied_labels = np.round(labels * 5) / 5
-    tied_predictions = np.round(predictions).astype(np.float32)
-    assert len(np.unique(tied_predictions)) < 20
-    assert spearman_correlation(tied_labels, tied_predictions) == pytest.approx(
-        stats.spearmanr(tied_labels, tied_predictions)[0], abs=1e-7)
-    assert pearson_correlation(tied_labels, tied_predictions) == pytest.approx(
-        stats.pearsonr(tied_labels, tied_predictions)[0], abs=1e-7)
-
-
-def test_correlations_hand_computed_and_degenerate():
-    # Ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]; of [10, 30, 20, 40] [1, 3, 2, 4].
-    x, y = np.array([1.0, 2.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0, 40.0])
-    rx, ry = np.array([1, 2.5, 2.5, 4]), np.array([1, 3, 2, 4])
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    assert spearman_correlation(x, y) == pytest.approx((dx @ dy) / math.sqrt((dx @ dx) * (dy @ dy)))
-    assert pearson_correlation([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert pearson_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert math.isnan(pearson_correlation([1, 2, 3], [5, 5, 5]))
-    assert math.isnan(spearman_correlation([5, 5, 5], [1, 2, 3]))

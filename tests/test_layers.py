@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kbert.layers import BertEmbeddings, MaskedLMHead, PositionEmbedding, TransformerEncoderBlock
+from kbert.layers import (
+    BertEmbeddings,
+    MaskedLMHead,
+    PositionEmbedding,
+    TransformerEncoderBlock,
+)
 from tests.numpy_bert import encoder_block, gelu, layer_norm, randomize
 
 B, S, D = 2, 6, 8

@@ -19,7 +19,12 @@ from kbert.data.squad import (
     postprocess_squad,
     read_squad_examples,
 )
-from kbert.metrics.squad import exact_match_score, f1_score, normalize_answer, squad_evaluate
+from kbert.metrics.squad import (
+    exact_match_score,
+    f1_score,
+    normalize_answer,
+    squad_evaluate,
+)
 from tests.conftest import SHARED_DATA, UNCASED_VOCAB
 
 SQUAD = SHARED_DATA / "squad-v1.1"

@@ -24,7 +24,11 @@ from kbert.data.tagging import (
     tagging_dataset,
     word_predictions,
 )
-from kbert.metrics.tagging import MaskedSparseCategoricalAccuracy, entity_f1, token_accuracy
+from kbert.metrics.tagging import (
+    MaskedSparseCategoricalAccuracy,
+    entity_f1,
+    token_accuracy,
+)
 from kbert.text.bert_word_packer import BertWordPacker
 from tests.conftest import SHARED_DATA
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kbert.text import BertPacker, BertTokenizer, build_vocabulary, load_vocabulary, write_vocabulary
+from kbert.text import (
+    BertPacker,
+    BertTokenizer,
+    build_vocabulary,
+    load_vocabulary,
+    write_vocabulary,
+)
 
 
 @pytest.mark.parametrize(

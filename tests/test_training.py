@@ -15,7 +15,12 @@ import tensorflow as tf
 
 from kbert.data import split_features_for_fit
 from kbert.models import BertEncoder, BertPretrainer
-from kbert.training import MaskedLMLoss, WarmupLinearDecay, compile_pretrainer, create_adamw
+from kbert.training import (
+    MaskedLMLoss,
+    WarmupLinearDecay,
+    compile_pretrainer,
+    create_adamw,
+)
 from tests.conftest import REPO
 from tests.numpy_bert import randomize
 
