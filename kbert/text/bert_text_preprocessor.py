@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from kbert.text.bert_packer import BertPacker
-from kbert.text.bert_tokenizer import BertTokenizer
+from kbert.text.bert_tokenizer import as_bert_tokenizer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -49,12 +49,7 @@ class BertTextPreprocessor(keras.layers.Layer):
         kwargs.pop("dtype", None)
         kwargs.setdefault("trainable", False)
         super().__init__(dtype="int32", **kwargs)
-        if isinstance(tokenizer, dict):
-            tokenizer = keras.saving.deserialize_keras_object(tokenizer)
-        if not isinstance(tokenizer, BertTokenizer):
-            raise ValueError(
-                f"`tokenizer` must be a kbert BertTokenizer; received {type(tokenizer).__name__}."
-            )
+        tokenizer = as_bert_tokenizer(tokenizer)
         special = tokenizer.special_token_ids
         self.tokenizer = tokenizer
         self.packer = BertPacker(

@@ -127,3 +127,21 @@ class BertTokenizer(keras.layers.Layer):
         config.pop("dtype", None)
         config.update({"vocabulary": self.vocabulary, "lowercase": self.lowercase})
         return config
+
+
+def as_bert_tokenizer(tokenizer):
+    """Returns `tokenizer` as a `BertTokenizer`, deserializing a `get_config` dict.
+
+    Layers that hold a tokenizer (`BertTextPreprocessor`, `BertWordPacker`)
+    take it through here, so their `.keras` files reload.
+
+    Raises:
+        ValueError: anything else than a `BertTokenizer` or its serialized form.
+    """
+    if isinstance(tokenizer, dict):
+        tokenizer = keras.saving.deserialize_keras_object(tokenizer)
+    if not isinstance(tokenizer, BertTokenizer):
+        raise ValueError(
+            f"`tokenizer` must be a kbert BertTokenizer; received {type(tokenizer).__name__}."
+        )
+    return tokenizer

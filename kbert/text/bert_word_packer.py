@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from kbert.text.bert_tokenizer import BertTokenizer
+from kbert.text.bert_tokenizer import as_bert_tokenizer
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -53,12 +53,7 @@ class BertWordPacker(keras.layers.Layer):
         kwargs.pop("dtype", None)
         kwargs.setdefault("trainable", False)
         super().__init__(dtype="int32", **kwargs)
-        if isinstance(tokenizer, dict):
-            tokenizer = keras.saving.deserialize_keras_object(tokenizer)
-        if not isinstance(tokenizer, BertTokenizer):
-            raise ValueError(
-                f"`tokenizer` must be a kbert BertTokenizer; received {type(tokenizer).__name__}."
-            )
+        tokenizer = as_bert_tokenizer(tokenizer)
         if (isinstance(sequence_length, bool) or not isinstance(sequence_length, int)
                 or sequence_length < 3):
             raise ValueError(
