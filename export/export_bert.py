@@ -1,17 +1,20 @@
-r"""Exports a pretrained kbert encoder as a TF Serving SavedModel and a TFLite file.
+r"""Exports a pretrained BERT encoder as a TF Serving SavedModel and a TFLite file.
 
-Reads what `trainers.pretrain` wrote to --model_dir (encoder.keras,
-bert_config.json, vocab.txt, tokenizer_config.json), writes
+--checkpoint takes anything `kbert.checkpoints.load` reads: a run folder of
+`trainers.pretrain`, a HuggingFace folder (e.g. all-MiniLM-L6-v2), a Google or
+Model Garden checkpoint, or a kbert `.keras` file. The vocabulary and casing come
+from beside it (`vocab.txt`, `tokenizer_config.json`) unless given. Writes
   OUTPUT_DIR/saved_model/bert/VERSION/   (TF Serving layout, text + id signatures)
-  OUTPUT_DIR/bert.tflite                 (id inputs, fixed sequence length)
-checks each against the Keras model (the SavedModel in a fresh process) and
-prints a prediction from each.
+  OUTPUT_DIR/bert_vVERSION.tflite        (id inputs, fixed sequence length)
+VERSION is one past the newest already there (nothing is overwritten). Checks each
+against the Keras model (the SavedModel in a fresh process) and prints a prediction
+from each.
 
-Example:
-  python -m export.export_bert --model_dir=runs/demo --output_dir=runs/demo/export
+Examples:
+  python -m export.export_bert --checkpoint=runs/demo --output_dir=runs/demo/export
+  python -m export.export_bert --checkpoint=path/to/all-MiniLM-L6-v2 --output_dir=exports/minilm
 """
 
-import json
 import os
 import sys
 
@@ -21,13 +24,17 @@ if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Folder written by trainers.pretrain.")
+flags.DEFINE_string("checkpoint", None, "Run folder of trainers.pretrain, HF folder, Google/Model Garden checkpoint or .keras file.")
+flags.DEFINE_alias("model_dir", "checkpoint")
 flags.DEFINE_string("output_dir", None, "Where to write the artifacts.")
 flags.DEFINE_integer("sequence_length", 128, "Packed length of both exports.")
-flags.DEFINE_integer("version", 1, "TF Serving model version.")
+flags.DEFINE_integer("version", None, "TF Serving model version (default: one past the newest in --output_dir).")
 flags.DEFINE_multi_string("texts", ["The quick brown fox jumps over the lazy dog.", "A function returns a value."], "Sample texts for the checks; repeat the flag for more (commas stay inside a text).")
 flags.DEFINE_float("atol", 1e-4, "Largest allowed abs difference from Keras.")
-flags.mark_flags_as_required(["model_dir", "output_dir"])
+flags.DEFINE_string("config", None, "bert_config.json, for a checkpoint without one beside it.")
+flags.DEFINE_string("vocab_file", None, "vocab.txt (default: the one beside --checkpoint).")
+flags.DEFINE_bool("lowercase", None, "Tokenizer casing (default: tokenizer_config.json beside the vocabulary, else inferred from it).")
+flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
 def _head(vector, n=4):
@@ -36,62 +43,34 @@ def _head(vector, n=4):
 
 def main(argv):
     del argv
-    import keras
-    import tensorflow as tf
-
-    from kbert import models, serving, text
+    from kbert import checkpoints, serving
+    from kbert.serving import encoder_export
     from kbert.training import runs
+    from kbert.training.tasks.common import next_version
 
     runs.quiet_logging(FLAGS["verbosity"].present)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    log = os.path.join(FLAGS.output_dir, "export.log")
-
-    for name in ("encoder.keras", "bert_config.json", "vocab.txt"):
-        if not os.path.exists(os.path.join(FLAGS.model_dir, name)):
-            raise app.UsageError(f"{FLAGS.model_dir} has no {name}; run trainers.pretrain first.")
-    lowercase = True
-    tokenizer_config = os.path.join(FLAGS.model_dir, "tokenizer_config.json")
-    if os.path.exists(tokenizer_config):
-        with open(tokenizer_config) as f:
-            values = json.load(f)
-        # HuggingFace's key (written by kbert programs), or the older "lowercase".
-        lowercase = bool(values.get("do_lower_case", values.get("lowercase", True)))
-    vocab_path = os.path.join(FLAGS.model_dir, "vocab.txt")
-    tokenizer = text.BertTokenizer(vocab_path, lowercase=lowercase)
-    trained = keras.saving.load_model(os.path.join(FLAGS.model_dir, "encoder.keras"))
-    # Export in float32 whatever policy training used.
-    encoder = models.BertEncoder.from_bert_config(
-        os.path.join(FLAGS.model_dir, "bert_config.json"), dtype="float32"
-    )
-    encoder.set_weights(trained.get_weights())
-
-    base = os.path.join(FLAGS.output_dir, "saved_model", "bert")
-    path = serving.export_saved_model(
-        encoder, tokenizer, vocab_path, base, FLAGS.sequence_length, FLAGS.version
-    )
-    diff = serving.verify_saved_model(
-        path, encoder, tokenizer, FLAGS.texts, FLAGS.sequence_length, FLAGS.atol
-    )
-    print(f"SavedModel: {path} (max abs diff vs Keras, fresh process: {diff:.2e})")
-    result = serving.run_saved_model_in_fresh_process(path, FLAGS.texts)
-    for sentence, pooled in zip(FLAGS.texts, result["pooled_output"]):
-        print(f"  SavedModel pooled_output[:4] for {sentence!r}: {_head(pooled)}")
-
-    tflite_path = os.path.join(FLAGS.output_dir, "bert.tflite")
-    with runs.stderr_to_file(log):  # the converter's C++ logging goes to the log file
-        serving.export_tflite(encoder, tflite_path, FLAGS.sequence_length, batch_size=1)
-    special = tokenizer.special_token_ids
-    packer = text.BertPacker(FLAGS.sequence_length, special["cls"], special["sep"], special["pad"])
-    for sentence in FLAGS.texts:
-        features = {k: v.numpy() for k, v in packer(tokenizer(tf.constant([sentence]))).items()}
-        with runs.stderr_to_file(log):
-            diff = serving.verify_tflite(tflite_path, encoder, features, FLAGS.atol)
-            pooled = serving.run_tflite(tflite_path, features)["pooled_output"][0]
-        print(
-            f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)} "
-            f"(max abs diff vs Keras: {diff:.2e})"
+    base = encoder_export.saved_model_base(FLAGS.output_dir)
+    version = FLAGS.version or next_version(base)
+    try:
+        os.makedirs(FLAGS.output_dir, exist_ok=True)
+        result = encoder_export.export_encoder(
+            FLAGS.checkpoint, FLAGS.output_dir, version, FLAGS.sequence_length, FLAGS.texts,
+            FLAGS.atol, FLAGS.config, FLAGS.vocab_file, FLAGS.lowercase,
+            log_path=os.path.join(FLAGS.output_dir, "export.log"),
         )
-    print(f"TFLite: {tflite_path} ({os.path.getsize(tflite_path) / 1e6:.1f} MB)")
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError,
+            checkpoints.CheckpointMismatchError, serving.ExportVerificationError) as e:
+        print(f"export_bert: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"Tokenizer: do_lower_case={result['lowercase']} ({result['lowercase_source']}).")
+    print(f"SavedModel: {result['saved_model']} "
+          f"(max abs diff vs Keras, fresh process: {result['saved_model_diff']:.2e})")
+    for sentence, pooled in zip(FLAGS.texts, result["saved_model_pooled"]):
+        print(f"  SavedModel pooled_output[:4] for {sentence!r}: {_head(pooled)}")
+    for sentence, pooled in zip(FLAGS.texts, result["tflite_pooled"]):
+        print(f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)}")
+    print(f"TFLite: {result['tflite']} ({result['tflite_size'] / 1e6:.1f} MB, "
+          f"max abs diff vs Keras: {result['tflite_diff']:.2e})")
 
 
 if __name__ == "__main__":

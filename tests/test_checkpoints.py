@@ -332,6 +332,7 @@ def test_tokenizer_casing_from_config_or_vocabulary(tmp_path):
     cased = tmp_path / "cased"
     cased.mkdir()
     (cased / "vocab.txt").write_text("\n".join(special + ["The", "the", "Paris", "##s", "a"]) + "\n")
+    (cased / "bert_model.ckpt.index").write_bytes(b"")  # a checkpoint prefix in the folder
     assert not load_tokenizer(str(cased / "bert_model.ckpt")).lowercase
     uncased = tmp_path / "uncased"
     uncased.mkdir()

@@ -1,14 +1,17 @@
 """One entry point for users: `load` any supported checkpoint, `save` to HF or Google layout."""
 
-import json
 import os
 
-from kbert.checkpoints import canonical, google, huggingface
+from kbert.checkpoints import canonical, google, huggingface, tokenizer_files
 from kbert.models.bert_config import BertConfig
 from kbert.models.bert_encoder import BertEncoder
 from kbert.models.bert_pretrainer import BertPretrainer
 
-FORMATS = ("huggingface", "google", "model_garden", "keras_hub")
+FORMATS = ("huggingface", "google", "model_garden", "keras_hub", "keras")
+
+# kbert's own `.keras` files, in the order a run folder is searched for them:
+# `trainers.pretrain` writes pretrainer.keras + encoder.keras, `trainers.finetune` model.keras.
+KERAS_RUN_FILES = ("pretrainer.keras", "encoder.keras", "model.keras")
 
 
 def detect_format(source):
@@ -28,6 +31,8 @@ def detect_format(source):
     path = os.fspath(source)
     if huggingface.is_huggingface_folder(path):
         return "huggingface"
+    if _keras_file(path):
+        return "keras"
     incomplete = huggingface.describe_incomplete_folder(path)
     if incomplete:
         raise ValueError(incomplete)
@@ -52,6 +57,37 @@ def detect_format(source):
     )
 
 
+def _keras_file(path, pretraining=False):
+    """The kbert `.keras` file `path` names: itself, or the right one in a run folder; else None."""
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return path
+    if not os.path.isdir(path):
+        return None
+    names = KERAS_RUN_FILES if pretraining else KERAS_RUN_FILES[1:] + KERAS_RUN_FILES[:1]
+    for name in names:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    return None
+
+
+def _read_keras_file(path, pretraining):
+    """Reads a kbert `.keras` file (encoder, pretrainer or task model) as (canonical dict, config)."""
+    import keras
+
+    import kbert.models  # noqa: F401  (registers the classes the file names)
+
+    file = _keras_file(path, pretraining)
+    model = keras.saving.load_model(file)
+    if isinstance(model, (BertEncoder, BertPretrainer)):
+        source = model
+    elif isinstance(getattr(model, "encoder", None), BertEncoder):
+        source = model.encoder  # a task model: its encoder
+    else:
+        raise TypeError(f"{file} holds a {type(model).__name__}, not a kbert BERT model.")
+    encoder = source.encoder if isinstance(source, BertPretrainer) else source
+    return canonical.read_model(source), encoder.bert_config
+
+
 def _find_config(path, names=("bert_config.json", "config.json")):
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for name in names:
@@ -63,19 +99,21 @@ def _find_config(path, names=("bert_config.json", "config.json")):
     )
 
 
-def read_canonical(source, config=None, hidden_act=None):
+def read_canonical(source, config=None, hidden_act=None, pretraining=False):
     """Reads `source` into `(canonical dict, BertConfig)`.
 
     Args:
         source: HF folder, Google checkpoint prefix/folder, Model Garden
-            checkpoint prefix/folder, or a keras-hub `BertBackbone` (or a
-            `(backbone, masked_lm_head)` tuple).
+            checkpoint prefix/folder, a kbert `.keras` file or run folder, or
+            a keras-hub `BertBackbone` (or a `(backbone, masked_lm_head)` tuple).
         config: optional `BertConfig` or path; required where the format
             carries none beside the weights (Google/Model Garden without a
             `bert_config.json`).
         hidden_act: override the activation (keras-hub always reports
             "gelu_approximate"; pass "gelu" for checkpoints trained with
             exact GELU).
+        pretraining: bool, prefer a run folder's `pretrainer.keras` (with
+            heads) over its `encoder.keras`.
     """
     if isinstance(config, (str, os.PathLike)):
         config = BertConfig.from_json_file(os.fspath(config))
@@ -86,6 +124,9 @@ def read_canonical(source, config=None, hidden_act=None):
     if fmt == "huggingface":
         config = config or huggingface.read_config(source)  # fails fast on non-BERT
         weights = huggingface.to_canonical(huggingface.read_state_dict(source))
+    elif fmt == "keras":
+        weights, stored = _read_keras_file(os.fspath(source), pretraining)
+        config = config or stored
     elif fmt == "google":
         weights = google.read_checkpoint(source)
         config = config or _find_config(os.fspath(source))
@@ -116,7 +157,10 @@ def load(source, pretraining=False, config=None, hidden_act=None, dtype=None):
             `pytorch_model.bin`), a Google TF1 checkpoint prefix or folder
             (with `bert_config.json` beside it), a Model Garden
             `BertEncoder` checkpoint (needs the `modelgarden` extra), or a
-            keras-hub `BertBackbone` object (or `(backbone, masked_lm_head)`).
+            keras-hub `BertBackbone` object (or `(backbone, masked_lm_head)`),
+            or a kbert `.keras` file (encoder, pretrainer or task model) or
+            run folder (`pretrainer.keras`/`encoder.keras` of
+            `trainers.pretrain`, `model.keras` of `trainers.finetune`).
         pretraining: bool, return a `BertPretrainer` with the checkpoint's
             masked-LM and next-sentence heads (the checkpoint must have them).
         config: optional `BertConfig` or JSON path overriding the one found.
@@ -134,7 +178,7 @@ def load(source, pretraining=False, config=None, hidden_act=None, dtype=None):
         CheckpointMismatchError: names and shapes that do not match (listed),
             or `pretraining=True` on a checkpoint without heads.
     """
-    weights, config = read_canonical(source, config, hidden_act)
+    weights, config = read_canonical(source, config, hidden_act, pretraining)
     encoder = BertEncoder.from_bert_config(config, dtype=dtype)
     if pretraining:
         heads = [n for n in weights if n.startswith("cls/")]
@@ -149,8 +193,12 @@ def load(source, pretraining=False, config=None, hidden_act=None, dtype=None):
     return encoder
 
 
-def save(model, path, format="huggingface", vocab_path=None, lowercase=True):
-    """Writes a kbert model's weights in another framework's layout.
+def save(model, path, format="huggingface", vocab_path=None, lowercase=None):
+    """Writes a kbert model's weights in another framework's layout, all or nothing.
+
+    Everything is validated before anything is written; the files are then
+    written into a hidden sibling folder and moved into place (see
+    `kbert.staging`), so a failure leaves no partial checkpoint.
 
     Args:
         model: `BertEncoder` or `BertPretrainer` (heads are written too).
@@ -158,36 +206,53 @@ def save(model, path, format="huggingface", vocab_path=None, lowercase=True):
             and `vocab.txt` + `tokenizer_config.json` when `vocab_path` is
             given) that `transformers.BertModel`/`BertForPreTraining` loads;
             for "google" a checkpoint prefix (`bert_model.ckpt`), with
-            `bert_config.json` (and `vocab.txt`) written beside it.
+            `bert_config.json` (and `vocab.txt`, `tokenizer_config.json`)
+            written beside it, and a `checkpoint` file with relative paths
+            (the folder can be moved).
         format: "huggingface" or "google".
-        vocab_path: optional vocabulary to ship with the weights.
-        lowercase: the tokenizer's casing, recorded with the vocabulary as
-            `tokenizer_config.json` (`do_lower_case`) in both formats.
+        vocab_path: optional vocabulary to ship with the weights; it must
+            hold exactly the model's `vocab_size` tokens.
+        lowercase: optional bool, the tokenizer's casing, recorded as
+            `do_lower_case` in `tokenizer_config.json`. When None it is read
+            from a `tokenizer_config.json` beside `vocab_path`, else inferred
+            from the vocabulary (`tokenizer_files.read_do_lower_case`), so a
+            cased vocabulary stays cased.
 
     Returns:
         str, the folder or prefix written.
 
     Raises:
-        ValueError: unknown format.
+        ValueError: unknown format, or a vocabulary of another size.
+        FileNotFoundError: `vocab_path` does not exist.
+        FileExistsError: a file to be written exists already.
+        (All before anything is written.)
     """
+    from kbert.staging import check_free, staged_folder
+
+    if format not in ("huggingface", "google"):
+        raise ValueError(f"Unknown format {format!r}; save writes 'huggingface' or 'google'.")
     encoder = model.encoder if isinstance(model, BertPretrainer) else model
-    weights = canonical.read_model(model)
     config = encoder.bert_config
+    tokenizer_names = []
+    if vocab_path is not None:
+        vocab_path = os.fspath(vocab_path)
+        tokenizer_files.check_vocabulary(vocab_path, config.vocab_size)
+        if lowercase is None:
+            lowercase, _ = tokenizer_files.read_do_lower_case(vocab_path)
+        tokenizer_names = [tokenizer_files.VOCAB_FILE, tokenizer_files.TOKENIZER_CONFIG_FILE]
+    weights = canonical.read_model(model)
     if format == "huggingface":
         huggingface.write_folder(weights, config, path, vocab_path, lowercase)
         return path
-    if format == "google":
-        prefix = google.write_checkpoint(weights, path)
-        folder = os.path.dirname(os.path.abspath(path))
-        config.to_json_file(os.path.join(folder, "bert_config.json"))
-        if vocab_path:
-            import shutil
-
-            shutil.copyfile(vocab_path, os.path.join(folder, "vocab.txt"))
-            with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-                json.dump({"do_lower_case": lowercase}, f)
-        return prefix
-    raise ValueError(f"Unknown format {format!r}; save writes 'huggingface' or 'google'.")
+    folder = os.path.dirname(os.path.abspath(path))
+    names = google.checkpoint_file_names(path) + ["bert_config.json"] + tokenizer_names
+    check_free(folder, names)
+    with staged_folder(folder, names) as stage:
+        google.write_saver_checkpoint(weights, os.path.join(stage, os.path.basename(path)))
+        config.to_json_file(os.path.join(stage, "bert_config.json"))
+        if vocab_path is not None:
+            tokenizer_files.write_tokenizer_files(stage, vocab_path, lowercase)
+    return path
 
 
 def to_keras_hub(model):
@@ -203,41 +268,33 @@ def to_keras_hub(model):
     return keras_hub_bert.from_canonical(canonical.read_model(model), encoder.bert_config)
 
 
-def _vocabulary_is_cased(tokens):
-    """True when a BERT vocabulary holds upper-case word pieces (cased models do)."""
-    words = [t for t in tokens if not (t.startswith("[") and t.endswith("]"))]
-    return sum(any(c.isupper() for c in t) for t in words) > 0.01 * len(words)
-
-
 def load_tokenizer(path, lowercase=None):
-    """Builds a `kbert.text.BertTokenizer` from a checkpoint folder's `vocab.txt`.
+    """Builds a `kbert.text.BertTokenizer` for a checkpoint from the vocabulary beside it.
 
-    Casing: `lowercase` when given; else `do_lower_case` from a
-    `tokenizer_config.json` beside the vocabulary (HuggingFace, and folders
-    written by `save`); else inferred from the vocabulary itself (a cased BERT
-    vocabulary holds upper-case word pieces, an uncased one none), since
-    Google's releases record casing only in their folder names.
+    The vocabulary: `path` itself when it is a `.txt` file, else the
+    `vocab.txt` (or single `*vocab*.txt`) in the folder of `path`
+    (`tokenizer_files.find_vocabulary`). Casing: `lowercase` when given;
+    else `do_lower_case` from a `tokenizer_config.json` beside the
+    vocabulary (HuggingFace, and every folder kbert writes); else inferred
+    from the vocabulary itself (a cased BERT vocabulary holds upper-case word
+    pieces, an uncased one none), since Google's releases record casing only
+    in their folder names (`tokenizer_files.read_do_lower_case`).
 
     Args:
-        path: a folder, or a checkpoint prefix/file inside one.
+        path: a folder, a checkpoint prefix/file inside one, or a vocabulary file.
         lowercase: optional bool overriding the above.
 
-    Raises:
-        FileNotFoundError: no vocab.txt there.
-    """
-    from kbert.text import BertTokenizer, load_vocabulary
+    Returns:
+        `kbert.text.BertTokenizer`.
 
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    vocab = os.path.join(folder, "vocab.txt")
-    if not os.path.exists(vocab):
-        raise FileNotFoundError(f"No vocab.txt for {path} (looked in {folder}).")
+    Raises:
+        FileNotFoundError: `path` or its vocabulary does not exist (named).
+        ValueError: several candidate vocabularies, or an unreadable
+            `tokenizer_config.json`.
+    """
+    from kbert.text import BertTokenizer
+
+    vocab = tokenizer_files.find_vocabulary(path)
     if lowercase is None:
-        config_path = os.path.join(folder, "tokenizer_config.json")
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                values = json.load(f)
-            if "do_lower_case" in values:
-                lowercase = bool(values["do_lower_case"])
-        if lowercase is None:
-            lowercase = not _vocabulary_is_cased(load_vocabulary(vocab))
+        lowercase, _ = tokenizer_files.read_do_lower_case(vocab)
     return BertTokenizer(vocab, lowercase=lowercase)

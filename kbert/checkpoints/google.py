@@ -56,20 +56,51 @@ def read_checkpoint(prefix):
     return out
 
 
+def checkpoint_file_names(prefix):
+    """The files a `write_checkpoint(weights, prefix)` creates in the prefix's folder."""
+    base = os.path.basename(prefix)
+    return [f"{base}.index", f"{base}.data-00000-of-00001", "checkpoint"]
+
+
 def write_checkpoint(weights, prefix):
-    """Writes a canonical dict as a TF1 name-based checkpoint at `prefix`.
+    """Writes a canonical dict as a TF1 name-based checkpoint at `prefix`, all or nothing.
+
+    The `checkpoint` state file records the prefix relative to its folder, so
+    the folder can be moved or copied and still loads. Everything is written
+    into a hidden sibling folder first and moved into place at the end
+    (`kbert.staging`).
+
+    Args:
+        weights: canonical dict (name -> float32 array).
+        prefix: str, e.g. `out/bert_model.ckpt`; its folder is created.
 
     Returns:
-        str, the prefix written (`prefix.index`, `prefix.data-*`).
+        str, the prefix written (`prefix.index`, `prefix.data-*`, `checkpoint`).
+
+    Raises:
+        FileExistsError: one of those files exists already (nothing is written).
     """
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    from kbert.staging import staged_folder
+
+    folder = os.path.dirname(os.path.abspath(prefix))
+    with staged_folder(folder, checkpoint_file_names(prefix)) as stage:
+        write_saver_checkpoint(weights, os.path.join(stage, os.path.basename(prefix)))
+    return prefix
+
+
+def write_saver_checkpoint(weights, prefix):
+    """Writes the checkpoint files at `prefix` directly (no staging; see `write_checkpoint`)."""
     graph = tf.Graph()
     with graph.as_default():
         variables = {
             name: tf.compat.v1.Variable(np.asarray(value, np.float32), name=name)
             for name, value in weights.items()
         }
-        saver = tf.compat.v1.train.Saver(var_list=variables, write_version=tf.compat.v1.train.SaverDef.V2)
+        saver = tf.compat.v1.train.Saver(
+            var_list=variables,
+            write_version=tf.compat.v1.train.SaverDef.V2,
+            save_relative_paths=True,
+        )
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
-            return saver.save(session, prefix, write_meta_graph=False)
+            saver.save(session, prefix, write_meta_graph=False)

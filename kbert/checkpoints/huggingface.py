@@ -10,7 +10,6 @@ the older `gamma`/`beta`) are read.
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 
@@ -239,28 +238,36 @@ def _hf_name(canonical):
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_exact": "gelu", "gelu_approximate": "gelu_new"}
 
 
-def write_folder(weights, config, folder, vocab_path=None, lowercase=True):
-    """Writes a HuggingFace BERT folder that `transformers` loads.
+def write_folder(weights, config, folder, vocab_path=None, lowercase=None):
+    """Writes a HuggingFace BERT folder that `transformers` loads, all or nothing.
 
     `BertForPreTraining` (names prefixed `bert.`) when `weights` hold `cls/`
-    heads, else `BertModel`.
+    heads, else `BertModel`. The files are written into a hidden sibling
+    folder and moved into `folder` at the end (`kbert.staging`), so a failure
+    leaves nothing behind.
 
     Args:
         weights: canonical dict.
         config: `BertConfig`.
-        folder: output folder (created).
+        folder: output folder (created; may exist if it holds none of the
+            files written).
         vocab_path: optional `vocab.txt` to copy, with a `tokenizer_config.json`.
-        lowercase: the tokenizer's `do_lower_case`.
+        lowercase: bool, the tokenizer's `do_lower_case` (required with
+            `vocab_path`).
+
+    Raises:
+        FileExistsError: `folder` already holds one of the files (nothing is
+            written).
     """
     from safetensors.numpy import save_file
 
-    os.makedirs(folder, exist_ok=True)
+    from kbert.checkpoints import tokenizer_files
+    from kbert.staging import staged_folder
+
+    names = [SAFETENSORS_FILE, CONFIG_FILE]
+    if vocab_path:
+        names += [tokenizer_files.VOCAB_FILE, tokenizer_files.TOKENIZER_CONFIG_FILE]
     pretraining = any(name.startswith("cls/") for name in weights)
-    save_file(
-        from_canonical(weights, with_prefix=pretraining),
-        os.path.join(folder, SAFETENSORS_FILE),
-        metadata={"format": "pt"},
-    )
     values = config.to_dict()
     values["hidden_act"] = _HF_ACTIVATIONS.get(values["hidden_act"], values["hidden_act"])
     values.update(
@@ -271,9 +278,13 @@ def write_folder(weights, config, folder, vocab_path=None, lowercase=True):
             "position_embedding_type": "absolute",
         }
     )
-    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-    if vocab_path:
-        shutil.copyfile(vocab_path, os.path.join(folder, VOCAB_FILE))
-        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump({"do_lower_case": lowercase, "tokenizer_class": "BertTokenizer"}, f)
+    with staged_folder(folder, names) as stage:
+        save_file(
+            from_canonical(weights, with_prefix=pretraining),
+            os.path.join(stage, SAFETENSORS_FILE),
+            metadata={"format": "pt"},
+        )
+        with open(os.path.join(stage, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(values, f, indent=2, sort_keys=True)
+        if vocab_path:
+            tokenizer_files.write_tokenizer_files(stage, vocab_path, lowercase)

@@ -1,0 +1,124 @@
+"""Exports any BERT checkpoint's encoder as a TF Serving SavedModel and a TFLite file, verified.
+
+The library side of `export/export_bert.py`: what a user would otherwise
+stitch together from `kbert.checkpoints.load`, `load_tokenizer`,
+`export_saved_model`, `export_tflite` and their verifiers.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+DEFAULT_TEXTS = ("The quick brown fox jumps over the lazy dog.", "A function returns a value.")
+
+
+def tflite_path(output_dir, version):
+    """Where `export_encoder` writes the TFLite file of `version`: `OUTPUT_DIR/bert_vVERSION.tflite`."""
+    return os.path.join(output_dir, f"bert_v{version}.tflite")
+
+
+def saved_model_base(output_dir):
+    """The TF Serving model base folder under `output_dir`: `OUTPUT_DIR/saved_model/bert`."""
+    return os.path.join(output_dir, "saved_model", "bert")
+
+
+def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=DEFAULT_TEXTS,
+                   atol=1e-4, config=None, vocab_file=None, lowercase=None, log_path=None):
+    """Exports the encoder of any checkpoint `kbert.checkpoints.load` reads, and checks both files.
+
+    Writes `OUTPUT_DIR/saved_model/bert/VERSION/` (signatures of
+    `export_saved_model`: text in, ids in, wordpieces) and
+    `OUTPUT_DIR/bert_vVERSION.tflite` (int32 ids in, fixed
+    `(1, sequence_length)`). The SavedModel is checked in a fresh process and
+    the TFLite file in the interpreter against the Keras encoder on `texts`.
+    The encoder is exported in float32 whatever dtype it was trained in.
+
+    Args:
+        checkpoint: str, a HuggingFace folder, Google or Model Garden
+            checkpoint, kbert `.keras` file or run folder of `trainers.pretrain`.
+        output_dir: str.
+        version: int >= 1; neither target may exist yet.
+        sequence_length: int, packed length of the text signature and the
+            TFLite inputs, at most `max_position_embeddings`.
+        texts: sample strings for the checks.
+        atol: float, the largest allowed abs difference from Keras.
+        config: optional `bert_config.json` path, for checkpoints without one beside them.
+        vocab_file: optional vocabulary (default: the checkpoint's,
+            `kbert.checkpoints.tokenizer_files.find_vocabulary`).
+        lowercase: optional bool (default: the checkpoint's
+            `tokenizer_config.json`, else inferred from the vocabulary).
+        log_path: optional file for the TFLite converter's C++ logging.
+
+    Returns:
+        dict: `saved_model` (path), `saved_model_diff` (float), `saved_model_pooled`
+        (float32 `(len(texts), hidden_size)`), `tflite` (path), `tflite_size` (bytes),
+        `tflite_diff` (float, worst over texts), `tflite_pooled`, `lowercase` and
+        `lowercase_source` (where the casing came from).
+
+    Raises:
+        FileNotFoundError, ValueError: unreadable checkpoint or vocabulary, a
+            vocabulary of another size, `sequence_length` above the limit.
+        FileExistsError: a target exists (checked before anything is written).
+        ExportVerificationError: an export disagrees with Keras beyond `atol`.
+    """
+    from kbert import checkpoints, text
+    from kbert.checkpoints import tokenizer_files
+    from kbert.serving import saved_model, tflite
+
+    if not texts:
+        raise ValueError("texts must hold at least one sample string for the checks.")
+    encoder = checkpoints.load(checkpoint, config=config, dtype="float32")
+    vocab_path = vocab_file or tokenizer_files.find_vocabulary(checkpoint)
+    tokenizer_files.check_vocabulary(vocab_path, encoder.bert_config.vocab_size)
+    source = "--lowercase" if lowercase is not None else None
+    if lowercase is None:
+        lowercase, source = tokenizer_files.read_do_lower_case(vocab_path)
+    limit = encoder.bert_config.max_position_embeddings
+    if not 2 < sequence_length <= limit:
+        raise ValueError(
+            f"sequence_length={sequence_length} must be in [3, max_position_embeddings={limit}]."
+        )
+    if version < 1:
+        raise ValueError(f"version={version} must be >= 1.")
+    saved_model_path = os.path.join(saved_model_base(output_dir), str(version))
+    lite_path = tflite_path(output_dir, version)
+    for target in (saved_model_path, lite_path):
+        if os.path.exists(target):
+            raise FileExistsError(f"{target} exists; export another version or remove it.")
+    tokenizer = text.BertTokenizer(vocab_path, lowercase=lowercase)
+
+    path = saved_model.export_saved_model(
+        encoder, tokenizer, vocab_path, saved_model_base(output_dir), sequence_length, version
+    )
+    texts = list(texts)
+    result = {
+        "saved_model": path,
+        "saved_model_diff": saved_model.verify_saved_model(
+            path, encoder, tokenizer, texts, sequence_length, atol),
+        "saved_model_pooled": saved_model.run_saved_model_in_fresh_process(path, texts)[
+            "pooled_output"],
+        "lowercase": lowercase,
+        "lowercase_source": source,
+    }
+
+    from kbert.training.runs import stderr_to_file  # the converter logs from C++
+
+    log = log_path or os.devnull
+    with stderr_to_file(log):
+        tflite.export_tflite(encoder, lite_path, sequence_length, batch_size=1)
+    special = tokenizer.special_token_ids
+    packer = text.BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
+    diffs, pooled = [], []
+    for sentence in texts:
+        features = {k: v.numpy() for k, v in packer(tokenizer(tf.constant([sentence]))).items()}
+        with stderr_to_file(log):
+            diffs.append(tflite.verify_tflite(lite_path, encoder, features, atol))
+            pooled.append(tflite.run_tflite(lite_path, features)["pooled_output"][0])
+    result.update({
+        "tflite": lite_path,
+        "tflite_size": os.path.getsize(lite_path),
+        "tflite_diff": max(diffs),
+        "tflite_pooled": np.stack(pooled),
+    })
+    return result
