@@ -66,6 +66,24 @@ class BertPacker(keras.layers.Layer):
         self.pad_id = pad_id
         self.built = True
 
+    def compute_output_spec(self, inputs):
+        """Symbolic outputs, so the packer can follow a `BertTokenizer` in a functional model.
+
+        Returns:
+            dict of int32 `KerasTensor`s `(batch_size, sequence_length)`
+            (`(batch_size, None)` with `padding="longest"`).
+
+        Raises:
+            ValueError: more than two segments.
+        """
+        segments = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if not 1 <= len(segments) <= 2:
+            raise ValueError(f"BertPacker takes one or two segments; received {len(segments)}.")
+        length = self.sequence_length if self.padding == "max_length" else None
+        shape = (segments[0].shape[0], length)
+        return {name: keras.KerasTensor(shape, dtype="int32")
+                for name in ("token_ids", "segment_ids", "padding_mask")}
+
     def call(self, inputs):
         segments = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if not 1 <= len(segments) <= 2:

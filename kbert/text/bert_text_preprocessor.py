@@ -68,9 +68,16 @@ class BertTextPreprocessor(keras.layers.Layer):
                 "segments."
             )
         segments = [
-            tf.constant(s, tf.string) if not tf.is_tensor(s) else s for s in segments
+            s if tf.is_tensor(s) or isinstance(s, keras.KerasTensor) else tf.constant(s, tf.string)
+            for s in segments
         ]
         return super().__call__(tuple(segments), *args, **kwargs)
+
+    def compute_output_spec(self, inputs):
+        """Symbolic outputs for a functional model on `keras.Input(shape=(), dtype="string")`
+        (one input, or a tuple of two): the packer's dict of int32 `KerasTensor`s."""
+        return self.packer.compute_output_spec(
+            [self.tokenizer.compute_output_spec(segment) for segment in inputs])
 
     def call(self, inputs):
         ids = [self.tokenizer(segment) for segment in inputs]

@@ -122,6 +122,25 @@ class BertTokenizer(keras.layers.Layer):
             )
         return self._fast_tokenizer.tokenize(normalize_text(inputs, self.lowercase))
 
+    def compute_output_spec(self, inputs):
+        """Symbolic output for a functional model on `keras.Input(shape=(), dtype="string")`.
+
+        Returns:
+            ragged int32 `KerasTensor` `(batch_size, None)`.
+
+        Raises:
+            TypeError, ValueError: a non-string input, or a rank above 1.
+        """
+        if inputs.dtype != "string":
+            raise TypeError(f"BertTokenizer expects tf.string inputs; received dtype {inputs.dtype}.")
+        if inputs.shape is None or len(inputs.shape) > 1:
+            raise ValueError(
+                "BertTokenizer expects a batch of strings of shape (batch_size,); "
+                f"received shape {inputs.shape}."
+            )
+        batch = inputs.shape[0] if len(inputs.shape) == 1 else 1
+        return keras.KerasTensor((batch, None), dtype="int32", ragged=True)
+
     def get_config(self):
         config = super().get_config()
         config.pop("dtype", None)
