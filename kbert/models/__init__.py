@@ -5,6 +5,7 @@ from kbert.models.bert_config import BertConfig
 from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder
 from kbert.models.bert_pretrainer import BertPretrainer
 from kbert.models.bert_span_labeler import BertSpanLabeler
+from kbert.models.bert_text_embedder import BertTextEmbedder
 from kbert.models.bert_token_classifier import BertTokenClassifier
 from kbert.models.presets import PRESETS, preset_config
 from kbert.models.task_heads import inference_copy
@@ -15,6 +16,7 @@ __all__ = [
     "BertEncoder",
     "BertPretrainer",
     "BertSpanLabeler",
+    "BertTextEmbedder",
     "BertTokenClassifier",
     "INPUT_NAMES",
     "PRESETS",

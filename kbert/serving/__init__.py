@@ -33,3 +33,10 @@ __all__ = [
     "verify_saved_model",
     "verify_tflite",
 ]
+
+from kbert.serving.embedder_export import (
+    export_embedder_saved_model,
+    verify_embedder_saved_model,
+)
+
+__all__ += ["export_embedder_saved_model", "verify_embedder_saved_model"]

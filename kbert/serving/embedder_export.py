@@ -1,0 +1,156 @@
+"""Export of a `BertTextEmbedder`: text in, sentence embeddings out (TF Serving SavedModel).
+
+SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
+  * `serving_default`: `text` tf.string `(batch,)` -> float32 `embeddings`
+    `(batch, hidden_size)` (pooled and, if the embedder normalises, of unit
+    L2 norm: Reimers & Gurevych 2019, sentence-transformers' recipe) and
+    int32 `num_wordpieces` `(batch,)` (WordPieces before truncation: more
+    than `sequence_length - 2` means the text was cut).
+  * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
+    `(batch, length)`, length <= `max_position_embeddings` -> float32
+    `embeddings`.
+  * `serving_wordpieces`: `text` -> the packed int32 `token_ids` and their
+    tf.string `wordpieces`, read from the `vocab.txt` asset (what the model saw).
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kbert.models.bert_encoder import INPUT_NAMES
+from kbert.serving.saved_model import (
+    TEXT_SIGNATURE,
+    TOKEN_IDS_SIGNATURE,
+    WORDPIECES_SIGNATURE,
+    ExportVerificationError,
+    _VocabularyTable,
+    check_export_target,
+    check_text_batch,
+    run_saved_model_in_fresh_process,
+    text_input_specs,
+    text_to_inputs,
+)
+from kbert.text.bert_packer import BertPacker
+from kbert.text.vocabulary import load_vocabulary
+
+
+def _packer(tokenizer, sequence_length):
+    special = tokenizer.special_token_ids
+    return BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
+
+
+def export_embedder_saved_model(embedder, tokenizer, vocab_path, export_base, sequence_length=128,
+                                version=1):
+    """Writes a `BertTextEmbedder` with its in-graph tokenizer as a TF Serving SavedModel.
+
+    Text is tokenized in the graph and packed as `[CLS] text [SEP]`,
+    truncated to `sequence_length` (see the module docstring for the
+    signatures). The vocabulary is copied into `assets/` and the tokenizer's
+    model is a constant of the graph, so the folder works after being moved.
+    Loading needs `import tensorflow_text`.
+
+    Args:
+        embedder: `kbert.models.BertTextEmbedder` (any dtype policy; the
+            embeddings are float32).
+        tokenizer: `kbert.text.BertTokenizer` built from `vocab_path`.
+        vocab_path: str, the `vocab.txt` of `tokenizer`.
+        export_base: str, the model base folder (TF Serving's `--model_base_path`).
+        sequence_length: int <= `max_position_embeddings`, the packed length
+            of the text signatures (all-MiniLM-L6-v2 was trained with 256
+            at most, and sentence-transformers truncates there).
+        version: int >= 1, the version subfolder.
+
+    Returns:
+        str, the path `export_base/version`.
+
+    Raises:
+        ValueError: `sequence_length` above `max_position_embeddings`,
+            `version` < 1, an existing version folder, or a tokenizer or
+            `vocab_path` whose vocabulary is not the encoder's (sizes named).
+    """
+    path = os.path.join(export_base, str(version))
+    check_export_target(embedder, sequence_length, version, path)
+    vocab_size = embedder.encoder.bert_config.vocab_size
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(
+            f"The tokenizer has {tokenizer.vocab_size} tokens but the encoder's vocab_size "
+            f"is {vocab_size}."
+        )
+    if load_vocabulary(vocab_path) != list(tokenizer.vocabulary):
+        raise ValueError(f"{vocab_path} is not the vocabulary the tokenizer was built from.")
+    packer = _packer(tokenizer, sequence_length)
+    vocabulary = _VocabularyTable(vocab_path)
+
+    def embed(features):
+        return tf.cast(embedder(features, training=False), tf.float32)
+
+    def serve_text(text):
+        (text,) = check_text_batch(text=text)
+        features, num_wordpieces = text_to_inputs(tokenizer, packer, text)
+        return {"embeddings": embed(features), "num_wordpieces": num_wordpieces}
+
+    def serve_token_ids(token_ids, segment_ids, padding_mask):
+        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        return {"embeddings": embed(features)}
+
+    def serve_wordpieces(text):
+        (text,) = check_text_batch(text=text)
+        ids = text_to_inputs(tokenizer, packer, text)[0]["token_ids"]
+        return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64))}
+
+    text_spec = text_input_specs("text")
+    archive = keras.export.ExportArchive()
+    archive.track(embedder)
+    archive.track(vocabulary)
+    archive.add_endpoint(TEXT_SIGNATURE, serve_text, input_signature=text_spec)
+    archive.add_endpoint(
+        TOKEN_IDS_SIGNATURE, serve_token_ids,
+        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
+    )
+    archive.add_endpoint(WORDPIECES_SIGNATURE, serve_wordpieces, input_signature=text_spec)
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def verify_embedder_saved_model(path, embedder, tokenizer, texts, sequence_length=128, atol=1e-4):
+    """Checks a SavedModel from `export_embedder_saved_model` against the Keras model.
+
+    Runs `serving_default` in a fresh Python process (as TF Serving loads
+    the folder, without this process's objects) on `texts` and compares its
+    `embeddings` with `embedder` on the same texts tokenized here, and its
+    `num_wordpieces` with this tokenizer's counts.
+
+    Args:
+        path: str, the SavedModel folder.
+        embedder: the `BertTextEmbedder` that was exported.
+        tokenizer: its `kbert.text.BertTokenizer`.
+        texts: list of str.
+        sequence_length: int, the length the folder was exported with.
+        atol: float, the largest allowed absolute difference.
+
+    Returns:
+        float, the largest absolute difference of the embeddings.
+
+    Raises:
+        ExportVerificationError: a difference above `atol` (or NaN), other
+            WordPiece counts, or a folder that fails to load.
+    """
+    features, num_wordpieces = text_to_inputs(
+        tokenizer, _packer(tokenizer, sequence_length), tf.constant(list(texts), tf.string)
+    )
+    expected = keras.ops.convert_to_numpy(embedder(features, training=False)).astype(np.float32)
+    actual = run_saved_model_in_fresh_process(path, list(texts))
+    diff = float(np.abs(actual["embeddings"] - expected).max())
+    if not diff <= atol:
+        raise ExportVerificationError(
+            f"SavedModel {path} differs from the Keras model: max abs difference of the "
+            f"embeddings {diff:.3g} exceeds atol={atol}."
+        )
+    if not np.array_equal(actual["num_wordpieces"], num_wordpieces.numpy()):
+        raise ExportVerificationError(
+            f"SavedModel {path} counts other WordPieces than the tokenizer: "
+            f"{actual['num_wordpieces'].tolist()} != {num_wordpieces.numpy().tolist()}."
+        )
+    return diff
