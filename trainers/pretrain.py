@@ -2,53 +2,71 @@ r"""Pretrains BERT (masked LM + next sentence) with `model.fit` under a strategy
 
 Resumable: run it again with the same flags after a kill and it continues
 from the newest checkpoint in `--model_dir`, at the same place in the data.
+The run's settings are saved in MODEL_DIR/pretrain_config.json; a rerun that
+changes one of them (model: --preset, --bert_config_file; vocabulary:
+--vocab_file, --vocab_size, --lowercase; data: --corpus and its files' bytes,
+--sequence_length, --global_batch_size, --max_predictions_per_seq,
+--masked_lm_prob, --dupe_factor, --seed; optimizer: --learning_rate,
+--warmup_steps, --weight_decay, --mixed_precision) is refused with every
+change listed, and nothing in the folder changes. Free to change on resume:
+--train_steps (at least the step reached; the learning-rate decay and the
+default warmup follow the new total), --checkpoint_every, --strategy,
+--num_cpu_devices, --tpu, --jit_compile, --eval_corpus, --eval_batches,
+--verbosity.
 
 Example (2 logical CPUs, MirroredStrategy, the offline default corpus):
   python -m trainers.pretrain --model_dir=runs/demo --strategy=mirrored \
       --num_cpu_devices=2 --train_steps=300
-Outputs in --model_dir: vocab.txt, bert_config.json, ckpt-* checkpoints,
-tokenizer_config.json, logs/ (TensorBoard), history.csv, summary.json,
-pretrainer.keras and encoder.keras at the end.
+Outputs in --model_dir: pretrain_config.json, vocab.txt, bert_config.json,
+tokenizer_config.json, ckpt-* checkpoints, logs/ (TensorBoard), history.csv,
+summary.json (the whole run: steps, seconds summed over sessions; rewritten at
+every checkpoint, `finished` once the models are saved), pretrainer.keras and
+encoder.keras at the end. A failed start (bad flag, unreadable corpus, refused
+resume) prints one `error:` line, exits with 1 and creates or changes nothing.
 """
 
+import dataclasses
 import filecmp
+import hashlib
 import json
 import os
-import shutil
 import sys
-import time
 
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags
 
-from kbert.models.presets import PRESETS  # noqa: E402
+from kbert.models.presets import PRESETS
+
+RUN_CONFIG = "pretrain_config.json"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, models).")
+flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, models); a rerun resumes the run in it.")
 flags.DEFINE_enum("preset", "bert_tiny", sorted(PRESETS), "Architecture preset.")
 flags.DEFINE_string("bert_config_file", None, "bert_config.json; overrides --preset.")
 flags.DEFINE_string("vocab_file", None, "vocab.txt; default: learn one from the corpus.")
-flags.DEFINE_integer("vocab_size", 8000, "Target size when learning a vocabulary.")
+flags.DEFINE_integer("vocab_size", 8000, "Target size when learning a vocabulary.", lower_bound=6)
 flags.DEFINE_bool("lowercase", True, "Uncased tokenization.")
 flags.DEFINE_list("corpus", None, "Corpus files/globs; default: CPython's pydoc topics.")
 flags.DEFINE_list("eval_corpus", None, "Held-out corpus for the final masked-LM accuracy.")
-flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
-flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).")
+flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy (may change on resume).")
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).", lower_bound=0)
 flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
 flags.DEFINE_integer("global_batch_size", 32, "Examples per step, over all replicas.", lower_bound=1)
 flags.DEFINE_integer("sequence_length", 128, "Tokens per example.", lower_bound=8)
 flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions per example.", lower_bound=1)
+flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens chosen for masking.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus with different NSP pairings.", lower_bound=1)
-flags.DEFINE_integer("train_steps", 300, "Total optimizer steps.", lower_bound=1)
+flags.DEFINE_integer("train_steps", 300, "Total optimizer steps (may grow on resume).", lower_bound=1)
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints (and at the last step).", lower_bound=1)
-flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-flags.DEFINE_integer("warmup_steps", None, "Warmup steps (default 10% of train_steps).")
-flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.")
+flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (> 0).")
+flags.DEFINE_integer("warmup_steps", None, "Warmup steps, below --train_steps (default 10% of it).", lower_bound=0)
+flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.", lower_bound=0.0)
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
-flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.")
+flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.", lower_bound=1)
 flags.DEFINE_integer("seed", 12345, "Seed for data and initialisation.")
 flags.mark_flag_as_required("model_dir")
 
@@ -58,173 +76,330 @@ def _fail(message):
     sys.exit(f"error: {message}")
 
 
-def _check_same_run(path, wanted, what):
-    """A rerun into an existing --model_dir must ask for the same run it resumes."""
-    if os.path.exists(path) and wanted is not None:
-        with open(path) as f:
-            existing = json.load(f)
-        if existing != wanted:
-            changed = {k: (existing.get(k), wanted.get(k)) for k in set(existing) | set(wanted)
-                       if existing.get(k) != wanted.get(k)}
-            _fail(
-                f"{FLAGS.model_dir} holds a run with another {what} ({path}); changed "
-                f"(saved, requested): {changed}. Use a new --model_dir, or the original flags "
-                "to resume."
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag reported in one line and exit code 1."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(e)
+
+
+def _warmup_steps():
+    """--warmup_steps, or 10% of --train_steps (at least 1, below --train_steps)."""
+    if FLAGS.warmup_steps is not None:
+        return FLAGS.warmup_steps
+    return min(max(1, FLAGS.train_steps // 10), FLAGS.train_steps - 1)
+
+
+def _check_flags():
+    """Flag combinations absl's per-flag bounds cannot express.
+
+    Raises:
+        RunError: the flag, its value and the limit named.
+    """
+    from kbert.training.runs import RunError
+
+    if FLAGS.learning_rate <= 0:
+        raise RunError(f"--learning_rate={FLAGS.learning_rate} must be > 0.")
+    if FLAGS.warmup_steps is not None and FLAGS.warmup_steps >= FLAGS.train_steps:
+        raise RunError(
+            f"--warmup_steps={FLAGS.warmup_steps} must be below --train_steps={FLAGS.train_steps}."
+        )
+    if os.path.exists(FLAGS.model_dir) and not os.path.isdir(FLAGS.model_dir):
+        raise RunError(f"--model_dir={FLAGS.model_dir} is a file, not a folder.")
+
+
+def _read_corpus(name, patterns):
+    """Reads a corpus flag's files; returns (files, documents).
+
+    Raises:
+        RunError: no match, a folder, bytes that are not UTF-8, no text, or
+            fewer than 2 documents for next-sentence pairs (flag and file named).
+    """
+    from kbert.data import corpus
+    from kbert.training.runs import RunError
+
+    try:
+        files = corpus.corpus_files(patterns)
+        documents = corpus.read_documents(files)
+    except (OSError, ValueError) as e:
+        raise RunError(f"--{name}: {e}") from e
+    # Next-sentence pairs need 2 documents, after one-sentence ones are merged.
+    count = len(corpus.merge_short_documents(documents))
+    if count < 2:
+        raise RunError(
+            f"--{name}: {files} hold {count} document(s) of 2+ sentences; next-sentence "
+            "pairs need at least 2 (separate documents with blank lines)."
+        )
+    return files, documents
+
+
+def _vocabulary(own_vocab, documents):
+    """The run's vocabulary: --vocab_file, the run's vocab.txt, or learned now (not written).
+
+    Returns:
+        (tokens, sha256 of the vocab.txt bytes, learned: bool).
+
+    Raises:
+        RunError: a missing or invalid --vocab_file, one that differs from
+            the run's vocab.txt, or a --vocab_size the learner refuses.
+    """
+    from kbert import text
+    from kbert.training import runs
+
+    if FLAGS.vocab_file:
+        if not os.path.isfile(FLAGS.vocab_file):
+            raise runs.RunError(f"--vocab_file={FLAGS.vocab_file} does not exist or is not a file.")
+        if os.path.exists(own_vocab) and not filecmp.cmp(FLAGS.vocab_file, own_vocab, shallow=False):
+            raise runs.RunError(
+                f"--vocab_file={FLAGS.vocab_file} differs from {own_vocab}, the vocabulary "
+                "of the run in --model_dir. Use a new --model_dir."
             )
+        source = FLAGS.vocab_file
+    elif os.path.exists(own_vocab):
+        source = own_vocab
+    else:
+        lines = [s for doc in documents for s in doc]
+        try:
+            tokens = text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=FLAGS.lowercase)
+        except ValueError as e:
+            raise runs.RunError(f"--vocab_size={FLAGS.vocab_size}: {e}") from e
+        content = ("\n".join(tokens) + "\n").encode("utf-8")
+        return tokens, hashlib.sha256(content).hexdigest(), True
+    try:
+        tokens = text.load_vocabulary(source)
+    except (OSError, ValueError) as e:
+        raise runs.RunError(f"--vocab_file={source}: {e}") from e
+    return tokens, runs.file_digest(source), False
+
+
+def _plan(model_dir):
+    """Checks everything a run needs, reading only; the settings to save or compare.
+
+    Returns:
+        dict: `config` (BertConfig), `data_config`, `corpus_files` (None:
+        the default corpus), `documents`, `tokens`, `learned_vocab`,
+        `settings` (the run's pretrain_config.json), `reached_step`.
+
+    Raises:
+        RunError: any problem, in one line naming the flag or file and the
+            limit; a resume whose settings differ lists every change.
+    """
+    from kbert import data, models
+    from kbert.data import corpus
+    from kbert.training import checkpointing, runs
+
+    try:
+        if FLAGS.bert_config_file:
+            config = models.BertConfig.from_json_file(FLAGS.bert_config_file)
+        else:
+            config = models.preset_config(FLAGS.preset)
+    except (OSError, ValueError) as e:
+        raise runs.RunError(f"--bert_config_file={FLAGS.bert_config_file}: {e}") from e
+    if FLAGS.sequence_length > config.max_position_embeddings:
+        raise runs.RunError(
+            f"--sequence_length={FLAGS.sequence_length} exceeds the model's "
+            f"max_position_embeddings={config.max_position_embeddings}."
+        )
+    try:
+        data_config = data.PretrainingDataConfig(
+            sequence_length=FLAGS.sequence_length,
+            max_predictions_per_seq=FLAGS.max_predictions_per_seq,
+            masked_lm_prob=FLAGS.masked_lm_prob,
+            dupe_factor=FLAGS.dupe_factor,
+            seed=FLAGS.seed,
+        )
+    except ValueError as e:
+        raise runs.RunError(f"--{e}") from e  # names the flag, its value and the limit
+
+    if FLAGS.corpus:
+        files, documents = _read_corpus("corpus", FLAGS.corpus)
+        corpus_record = [os.path.abspath(f) for f in files]
+        corpus_digest = runs.files_digest(files)
+    else:
+        files = None
+        default_text = corpus.default_corpus_text()
+        documents = corpus.parse_documents(default_text)
+        corpus_record = "default: pydoc_data.topics"
+        corpus_digest = hashlib.sha256(default_text.encode("utf-8")).hexdigest()
+    if FLAGS.eval_corpus:
+        _read_corpus("eval_corpus", FLAGS.eval_corpus)
+
+    reached = checkpointing.latest_checkpoint(model_dir)
+    reached_step = int(reached.rsplit("-", 1)[1]) if reached else 0
+    if reached_step > FLAGS.train_steps:
+        raise runs.RunError(
+            f"--train_steps={FLAGS.train_steps} is below step {reached_step}, which the run in "
+            f"{model_dir} has reached; give --train_steps >= {reached_step} or a new --model_dir."
+        )
+
+    tokens, vocab_digest, learned = _vocabulary(os.path.join(model_dir, "vocab.txt"), documents)
+    if not FLAGS.bert_config_file:
+        config = models.preset_config(FLAGS.preset, vocab_size=len(tokens))
+    if config.vocab_size != len(tokens):
+        raise runs.RunError(
+            f"--bert_config_file={FLAGS.bert_config_file} has vocab_size={config.vocab_size} "
+            f"but the vocabulary has {len(tokens)} tokens."
+        )
+    settings = {
+        "preset": None if FLAGS.bert_config_file else FLAGS.preset,
+        **{f"bert_config.{k}": v for k, v in config.to_dict().items()},
+        "do_lower_case": FLAGS.lowercase,
+        "vocab_size": None if FLAGS.vocab_file else FLAGS.vocab_size,
+        "vocab_sha256": vocab_digest,
+        "corpus": corpus_record,
+        "corpus_sha256": corpus_digest,
+        **dataclasses.asdict(data_config),
+        "global_batch_size": FLAGS.global_batch_size,
+        "learning_rate": FLAGS.learning_rate,
+        "warmup_steps": FLAGS.warmup_steps,
+        "weight_decay": FLAGS.weight_decay,
+        "mixed_precision": FLAGS.mixed_precision,
+    }
+    if not runs.compare_run_config(os.path.join(model_dir, RUN_CONFIG), settings, "settings"):
+        # A folder of a run from before pretrain_config.json: its model must still match.
+        runs.compare_run_config(
+            os.path.join(model_dir, "bert_config.json"), config.to_dict(), "model config"
+        )
+    return {
+        "config": config, "data_config": data_config, "corpus_files": files,
+        "documents": documents, "tokens": tokens, "learned_vocab": learned,
+        "settings": settings, "reached_step": reached_step,
+    }
+
+
+def _write_run_files(model_dir, plan):
+    """Creates --model_dir and writes what the run reads: settings, vocabulary, config, corpus.
+
+    Returns:
+        list of str, the corpus files to train on.
+    """
+    from kbert import text
+    from kbert.checkpoints import tokenizer_files
+    from kbert.data import corpus
+    from kbert.training import runs
+
+    os.makedirs(model_dir, exist_ok=True)
+    runs.check_run_config(os.path.join(model_dir, RUN_CONFIG), plan["settings"], "settings")
+    vocab_path = os.path.join(model_dir, "vocab.txt")
+    if not os.path.exists(vocab_path):
+        text.write_vocabulary(plan["tokens"], vocab_path)
+    if plan["learned_vocab"]:
+        print(f"Learned a {len(plan['tokens'])}-token vocabulary (target --vocab_size="
+              f"{FLAGS.vocab_size}) from {plan['corpus_files'] or 'the default corpus'}.", flush=True)
+    tokenizer_files.write_tokenizer_files(model_dir, vocab_path, FLAGS.lowercase)
+    plan["config"].to_json_file(os.path.join(model_dir, "bert_config.json"))
+    if plan["corpus_files"]:
+        return plan["corpus_files"]
+    return [corpus.write_default_corpus(os.path.join(model_dir, "default_corpus.txt"))]
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
     # Strategies that configure devices must come before any other TF op.
     from kbert.training import distribute, runs
 
     runs.quiet_logging(FLAGS["verbosity"].present)
-    if FLAGS.num_cpu_devices:
-        distribute.split_cpu(FLAGS.num_cpu_devices)
-    strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+    try:
+        _check_flags()
+        if FLAGS.num_cpu_devices:
+            distribute.split_cpu(FLAGS.num_cpu_devices)
+        strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+    except runs.RunError as e:
+        _fail(e)
+    except (ValueError, RuntimeError) as e:
+        _fail(f"--strategy={FLAGS.strategy}: {e}")
 
     import keras
 
     from kbert import data, models, text, training
+    from kbert.training import pretraining
 
     if FLAGS.global_batch_size % strategy.num_replicas_in_sync:
         _fail(
             f"--global_batch_size={FLAGS.global_batch_size} must be a multiple of the "
             f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy}."
         )
-    if FLAGS.bert_config_file:
-        config = models.BertConfig.from_json_file(FLAGS.bert_config_file)
-    else:
-        config = models.preset_config(FLAGS.preset)
-    if FLAGS.sequence_length > config.max_position_embeddings:
-        _fail(
-            f"--sequence_length={FLAGS.sequence_length} exceeds the model's "
-            f"max_position_embeddings={config.max_position_embeddings}."
-        )
-    if FLAGS.vocab_file and not os.path.isfile(FLAGS.vocab_file):
-        _fail(f"--vocab_file={FLAGS.vocab_file} does not exist.")
-    # Corpus problems are reported in one line, before --model_dir is created.
-    for name in ("corpus", "eval_corpus"):
-        if FLAGS[name].value:
-            try:
-                data.read_documents(FLAGS[name].value)
-            except (FileNotFoundError, IsADirectoryError, ValueError) as e:
-                _fail(f"--{name}: {e}")
-    _check_same_run(
-        os.path.join(FLAGS.model_dir, "tokenizer_config.json"),
-        {"do_lower_case": FLAGS.lowercase}, "tokenizer casing",
-    )
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    # Everything is checked before --model_dir is created or changed.
+    try:
+        plan = _plan(FLAGS.model_dir)
+    except runs.RunError as e:
+        _fail(e)
+    corpus = _write_run_files(FLAGS.model_dir, plan)
+    tokenizer = text.BertTokenizer(os.path.join(FLAGS.model_dir, "vocab.txt"), lowercase=FLAGS.lowercase)
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
 
-    corpus = FLAGS.corpus or [
-        data.write_default_corpus(os.path.join(FLAGS.model_dir, "default_corpus.txt"))
-    ]
-    vocab_path = os.path.join(FLAGS.model_dir, "vocab.txt")
-    if FLAGS.vocab_file:
-        if not os.path.exists(vocab_path):
-            shutil.copyfile(FLAGS.vocab_file, vocab_path)
-        elif not filecmp.cmp(FLAGS.vocab_file, vocab_path, shallow=False):
-            _fail(
-                f"--vocab_file={FLAGS.vocab_file} differs from {vocab_path}, the vocabulary "
-                "of the run in --model_dir. Use a new --model_dir."
-            )
-    elif not os.path.exists(vocab_path):
-        lines = [s for doc in data.read_documents(corpus) for s in doc]
-        tokens = text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=FLAGS.lowercase)
-        text.write_vocabulary(tokens, vocab_path)
-        print(f"Learned a {len(tokens)}-token vocabulary (at most --vocab_size="
-              f"{FLAGS.vocab_size}) from {corpus}.", flush=True)
-    tokenizer = text.BertTokenizer(vocab_path, lowercase=FLAGS.lowercase)
-    with open(os.path.join(FLAGS.model_dir, "tokenizer_config.json"), "w") as f:
-        json.dump({"do_lower_case": FLAGS.lowercase}, f)
-
-    config_path = os.path.join(FLAGS.model_dir, "bert_config.json")
-    if not FLAGS.bert_config_file:
-        config = models.preset_config(FLAGS.preset, vocab_size=tokenizer.vocab_size)
-    if config.vocab_size != tokenizer.vocab_size:
-        _fail(
-            f"The model's vocab_size={config.vocab_size} differs from the "
-            f"{tokenizer.vocab_size} tokens of {vocab_path}."
-        )
-    _check_same_run(config_path, config.to_dict(), "model config")
-    config.to_json_file(config_path)
-
-    data_config = data.PretrainingDataConfig(
-        sequence_length=FLAGS.sequence_length,
-        max_predictions_per_seq=FLAGS.max_predictions_per_seq,
-        dupe_factor=FLAGS.dupe_factor,
-        seed=FLAGS.seed,
-    )
     with strategy.scope():
-        encoder = models.BertEncoder.from_bert_config(config)
+        encoder = models.BertEncoder.from_bert_config(plan["config"])
         model = models.BertPretrainer(encoder)
         optimizer = training.create_adamw(
             FLAGS.learning_rate,
             FLAGS.train_steps,
-            warmup_steps=FLAGS.warmup_steps,
+            warmup_steps=_warmup_steps(),
             weight_decay=FLAGS.weight_decay,
         )
         training.compile_pretrainer(model, optimizer, jit_compile=FLAGS.jit_compile)
         checkpoint = training.TrainingCheckpoint(model, optimizer, FLAGS.model_dir)
         start_step = checkpoint.restore_or_initialize()
-    logging.info(
-        "Strategy %s with %d replicas; starting at step %d of %d.",
-        type(strategy).__name__, strategy.num_replicas_in_sync, start_step, FLAGS.train_steps,
+    print(
+        f"Starting at step {start_step} of {FLAGS.train_steps} "
+        f"(--strategy={FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s)).",
+        flush=True,
     )
-    print(f"Starting at step {start_step} of {FLAGS.train_steps}.", flush=True)
 
-    every = min(FLAGS.checkpoint_every, FLAGS.train_steps)
-    full, rest = divmod(FLAGS.train_steps, every)
+    try:
+        summary = pretraining.RunSummary(
+            os.path.join(FLAGS.model_dir, "summary.json"), optimizer, FLAGS.train_steps,
+            FLAGS.checkpoint_every, start_step,
+        )
+    except ValueError as e:
+        _fail(e)
     callbacks = [
-        training.CheckpointCallback(checkpoint, every),
+        training.CheckpointCallback(checkpoint, FLAGS.checkpoint_every),
+        summary,  # after the checkpoint: the summary never runs ahead of it
         keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
         keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
     ]
-
-    def fit(skip_batches, initial_epoch, epochs, steps_per_epoch):
-        # One Keras epoch per checkpoint interval; the stream starts where the run stands.
+    # One Keras epoch per checkpoint interval; each stream starts where the run stands.
+    for first_step, initial_epoch, epochs, steps in pretraining.fit_intervals(
+        start_step, FLAGS.train_steps, FLAGS.checkpoint_every
+    ):
         dataset = data.build_pretraining_dataset(
-            corpus, tokenizer, data_config, FLAGS.global_batch_size, skip_batches=skip_batches
+            corpus, tokenizer, plan["data_config"], FLAGS.global_batch_size,
+            skip_batches=first_step,
         ).map(data.split_features_for_fit)
         model.fit(
             dataset,
             initial_epoch=initial_epoch,
             epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=steps,
             callbacks=callbacks,
             shuffle=False,  # the dataset is shuffled (seeded) by kbert.data
             verbose=runs.progress_verbosity(),
         )
-
-    started = time.time()
-    if start_step < full * every:
-        fit(start_step, start_step // every, full, every)
-    if rest and start_step < FLAGS.train_steps:
-        # A last, shorter interval when --checkpoint_every does not divide --train_steps.
-        fit(max(start_step, full * every), full, full + 1, FLAGS.train_steps - max(start_step, full * every))
-    elapsed = time.time() - started
-    model.save(os.path.join(FLAGS.model_dir, "pretrainer.keras"))
-    encoder.save(os.path.join(FLAGS.model_dir, "encoder.keras"))
-    summary = {
-        "final_step": int(optimizer.iterations.numpy()),
-        "start_step": start_step,
-        "train_seconds": round(elapsed, 1),
-    }
+    trained = summary.step() > start_step
+    for name, saved in (("pretrainer.keras", model), ("encoder.keras", encoder)):
+        if trained or not os.path.exists(os.path.join(FLAGS.model_dir, name)):
+            saved.save(os.path.join(FLAGS.model_dir, name))
     if FLAGS.eval_corpus:
         eval_dataset = data.build_pretraining_dataset(
-            FLAGS.eval_corpus, tokenizer, data_config, FLAGS.global_batch_size,
+            FLAGS.eval_corpus, tokenizer, plan["data_config"], FLAGS.global_batch_size,
             repeat=False, shuffle=False,
         )
-        summary.update(
-            training.evaluate_masked_lm(model, eval_dataset, max_batches=FLAGS.eval_batches)
-        )
-    with open(os.path.join(FLAGS.model_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(json.dumps(summary), flush=True)
+        try:
+            metrics = training.evaluate_masked_lm(model, eval_dataset, max_batches=FLAGS.eval_batches)
+        except ValueError as e:
+            summary.write(finished=True)
+            _fail(f"--eval_corpus: {e}")
+    elif not trained:  # the same weights: their last evaluation still holds
+        metrics = {k: summary.previous[k] for k in pretraining.EVAL_KEYS if k in summary.previous}
+    else:
+        metrics = {}
+    print(json.dumps(summary.write(finished=True, extra=metrics)), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -12,6 +12,36 @@ from kbert.data.files import read_text
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def corpus_files(file_patterns):
+    """The files a corpus flag names: each pattern's matches, sorted, in pattern order.
+
+    Args:
+        file_patterns: str or list of str, file paths or glob patterns.
+
+    Returns:
+        list of str paths (as matched, not made absolute).
+
+    Raises:
+        FileNotFoundError: a pattern matches no file (the pattern is named).
+        IsADirectoryError: a pattern names a folder (the pattern and folder named).
+    """
+    if isinstance(file_patterns, (str, os.PathLike)):
+        file_patterns = [file_patterns]
+    paths = []
+    for pattern in file_patterns:
+        matched = sorted(glob.glob(os.fspath(pattern)))
+        if not matched:
+            raise FileNotFoundError(f"No corpus file matches {os.fspath(pattern)!r}.")
+        folders = [m for m in matched if os.path.isdir(m)]
+        if folders:
+            raise IsADirectoryError(
+                f"Corpus pattern {os.fspath(pattern)!r} matches the folder {folders[0]}; "
+                "give text files (e.g. 'folder/*.txt')."
+            )
+        paths.extend(matched)
+    return paths
+
+
 def read_documents(file_patterns, split_sentences=True):
     """Reads plain-text files into documents of sentences.
 
@@ -34,36 +64,37 @@ def read_documents(file_patterns, split_sentences=True):
         ValueError: the files hold no text, or bytes that are not UTF-8
             (file, line and byte named).
     """
-    if isinstance(file_patterns, (str, os.PathLike)):
-        file_patterns = [file_patterns]
-    paths = []
-    for pattern in file_patterns:
-        matched = sorted(glob.glob(os.fspath(pattern)))
-        if not matched:
-            raise FileNotFoundError(f"No corpus file matches {os.fspath(pattern)!r}.")
-        folders = [m for m in matched if os.path.isdir(m)]
-        if folders:
-            raise IsADirectoryError(
-                f"Corpus pattern {os.fspath(pattern)!r} matches the folder {folders[0]}; "
-                "give text files (e.g. 'folder/*.txt')."
-            )
-        paths.extend(matched)
+    paths = corpus_files(file_patterns)
     documents = []
     for path in paths:
-        current = []
-        for line in io.StringIO(read_text(path), newline=None):
-            line = line.strip()
-            if not line:
-                if current:
-                    documents.append(current)
-                current = []
-                continue
-            parts = _SENTENCE_END.split(line) if split_sentences else [line]
-            current.extend(part for part in parts if part)
-        if current:
-            documents.append(current)
+        documents.extend(parse_documents(read_text(path), split_sentences))
     if not documents:
         raise ValueError(f"The corpus files {paths} hold no text.")
+    return documents
+
+
+def parse_documents(text, split_sentences=True):
+    """Splits the text of one corpus file into documents of sentences.
+
+    Args:
+        text: str in the corpus format of `read_documents`.
+        split_sentences: bool, split lines into sentences.
+
+    Returns:
+        list of documents (possibly empty), each a non-empty list of non-empty str.
+    """
+    documents, current = [], []
+    for line in io.StringIO(text, newline=None):
+        line = line.strip()
+        if not line:
+            if current:
+                documents.append(current)
+            current = []
+            continue
+        parts = _SENTENCE_END.split(line) if split_sentences else [line]
+        current.extend(part for part in parts if part)
+    if current:
+        documents.append(current)
     return documents
 
 
@@ -88,8 +119,8 @@ def merge_short_documents(documents, min_sentences=2):
     return merged
 
 
-def write_default_corpus(path):
-    """Writes the offline default corpus to `path` and returns the path.
+def default_corpus_text():
+    """The text of the offline default corpus (see `write_default_corpus`), as written.
 
     The corpus is the CPython documentation that ships with every Python
     install (`pydoc_data.topics`, the text of the "Python Language Reference"
@@ -115,7 +146,16 @@ def write_default_corpus(path):
             paragraphs.append(" ".join(current))
         if paragraphs:
             documents.append("\n".join(paragraphs))
+    return "\n\n".join(documents) + "\n"
+
+
+def write_default_corpus(path):
+    """Writes the offline default corpus (`default_corpus_text`) to `path`; returns the path.
+
+    The text depends on the Python version (its `pydoc_data.topics`); the file
+    is UTF-8 with `\\n` line ends on every platform.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n\n".join(documents) + "\n")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(default_corpus_text())
     return path

@@ -1,6 +1,9 @@
-"""Compiling and evaluating a `BertPretrainer`."""
+"""Compiling, scheduling and evaluating a `BertPretrainer`, and the summary of a run."""
 
 import collections
+import json
+import os
+import time
 
 import keras
 import numpy as np
@@ -87,3 +90,138 @@ def evaluate_masked_lm(model, dataset, max_batches=None):
         "majority_accuracy": majority_count / total,
         "num_predictions": total,
     }
+
+
+def fit_intervals(start_step, total_steps, every):
+    """Plans `model.fit` calls from `start_step` to `total_steps`, one epoch per checkpoint interval.
+
+    Interval boundaries are the multiples of `every` and `total_steps`, so a
+    run resumed at any step (also after `every` or `total_steps` changed)
+    continues on the same grid. Consecutive intervals of equal length share
+    one `fit` call.
+
+    Args:
+        start_step: int >= 0, the step the run stands at.
+        total_steps: int >= 0, the step to reach (nothing is planned when
+            `start_step >= total_steps`).
+        every: int >= 1, steps per checkpoint interval.
+
+    Returns:
+        list of `(first_step, initial_epoch, epochs, steps_per_epoch)`: call
+        `fit(dataset starting at first_step, initial_epoch=initial_epoch,
+        epochs=epochs, steps_per_epoch=steps_per_epoch)`; the epoch of an
+        interval is `its first step // every`.
+
+    Raises:
+        ValueError: `every` < 1 or `start_step` < 0.
+    """
+    if every < 1:
+        raise ValueError(f"every={every} must be >= 1.")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0.")
+    calls = []
+    step = start_step
+    while step < total_steps:
+        end = min((step // every + 1) * every, total_steps)
+        length = end - step
+        last = calls[-1] if calls else None
+        if last and last[3] == length and last[2] == step // every:
+            calls[-1] = (last[0], last[1], last[2] + 1, length)
+        else:
+            calls.append((step, step // every, step // every + 1, length))
+        step = end
+    return calls
+
+
+EVAL_KEYS = ("accuracy", "majority_token_id", "majority_accuracy", "num_predictions")
+
+
+class RunSummary(keras.callbacks.Callback):
+    """Keeps `summary.json` describing a whole pretraining run, over all its sessions.
+
+    Each session (one invocation of the program) is listed with its first
+    and last step and its seconds; `train_seconds` is their sum, so a rerun
+    never resets it. As a callback placed after the `CheckpointCallback` it
+    rewrites the file after every checkpoint (`finished: false`), so a killed
+    session's time up to its last checkpoint still counts; `write(finished=True)`
+    records the end. Writes are atomic (a temporary file renamed).
+
+    Args:
+        path: str, the `summary.json` to keep (read first if it exists).
+        optimizer: the run's optimizer (its `iterations` is the step).
+        train_steps: int, the step the run is asked to reach.
+        every_n_steps: int, the checkpoint interval.
+        start_step: int, where this session starts (the restored step).
+
+    Raises:
+        ValueError: `path` exists but is not a JSON object (file named).
+    """
+
+    def __init__(self, path, optimizer, train_steps, every_n_steps, start_step):
+        super().__init__()
+        self.path = path
+        self.optimizer = optimizer
+        self.train_steps = train_steps
+        self.every_n_steps = every_n_steps
+        self.start_step = start_step
+        self.previous = {}
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self.previous = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{path}: not JSON ({e}); move it away to start a new summary.") from e
+            if not isinstance(self.previous, dict):
+                raise ValueError(f"{path} must hold a JSON object.")
+        # Sessions that ended before this one started (a checkpoint at or before start_step).
+        self.sessions = [s for s in self.previous.get("sessions", [])
+                         if s.get("end_step", 0) <= start_step]
+        self.started = time.time()
+
+    def step(self):
+        """The optimizer step now (an int)."""
+        return int(self.optimizer.iterations.numpy())
+
+    def write(self, finished=False, extra=None):
+        """Writes the summary now and returns it.
+
+        Args:
+            finished: bool, the run's final models are saved.
+            extra: optional dict added at the top level (e.g. evaluation metrics).
+
+        Returns:
+            dict: `finished`, `final_step` (the step reached), `train_steps`,
+            `train_seconds` (all sessions), `sessions` (those that trained:
+            `start_step`, `end_step`, `train_seconds`), and for this session
+            `start_step`, `steps_this_session`, `train_seconds_this_session`;
+            then `extra`.
+        """
+        step = self.step()
+        seconds = round(time.time() - self.started, 1)
+        sessions = list(self.sessions)
+        if step > self.start_step:
+            sessions.append({"start_step": self.start_step, "end_step": step,
+                             "train_seconds": seconds})
+        summary = {
+            "finished": bool(finished),
+            "final_step": step,
+            "train_steps": self.train_steps,
+            "train_seconds": round(sum(s["train_seconds"] for s in sessions), 1),
+            "sessions": sessions,
+            "start_step": self.start_step,
+            "steps_this_session": step - self.start_step,
+            "train_seconds_this_session": seconds if step > self.start_step else 0.0,
+            **(extra or {}),
+        }
+        temporary = f"{self.path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(temporary, self.path)
+        return summary
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.step() % self.every_n_steps == 0:
+            self.write()
+
+    def on_train_end(self, logs=None):
+        self.write()

@@ -34,6 +34,56 @@ def progress_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
+def changed_settings(saved, wanted):
+    """The settings whose values differ, as `{name: (saved, wanted)}` sorted by name.
+
+    A setting missing on one side counts as None there.
+    """
+    return {
+        k: (saved.get(k), wanted.get(k))
+        for k in sorted(set(saved) | set(wanted))
+        if saved.get(k) != wanted.get(k)
+    }
+
+
+def compare_run_config(path, wanted, what):
+    """Refuses a run folder whose saved settings differ from `wanted`; writes nothing.
+
+    Call it before creating or changing anything in the folder, so a refused
+    run leaves the folder as it was.
+
+    Args:
+        path: str, JSON file of the run's settings (e.g. `MODEL_DIR/task_config.json`).
+        wanted: dict of JSON values, the settings of this invocation.
+        what: str naming the settings in the error.
+
+    Returns:
+        bool: the file exists (and holds the same settings).
+
+    Raises:
+        RunError: the file exists with other values; the message lists every
+            changed setting as `name: saved -> requested`, or says the file is
+            unreadable.
+    """
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RunError(f"Cannot read the run settings {path}: {e}") from e
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} must hold a JSON object of run settings.")
+    changed = changed_settings(saved, json.loads(json.dumps(wanted)))
+    if changed:
+        details = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise RunError(
+            f"{os.path.dirname(path)} holds a run with other {what} ({details}). "
+            "Use a new --model_dir, or the original flags to resume."
+        )
+    return True
+
+
 def check_run_config(path, wanted, what):
     """Refuses to reuse a run folder whose saved settings differ from `wanted`; saves them if new.
 
@@ -46,20 +96,7 @@ def check_run_config(path, wanted, what):
         RunError: the file exists with other values (each change listed as
             saved -> requested).
     """
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            existing = json.load(f)
-        changed = {
-            k: (existing.get(k), wanted.get(k))
-            for k in sorted(set(existing) | set(wanted))
-            if existing.get(k) != wanted.get(k)
-        }
-        if changed:
-            details = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise RunError(
-                f"{os.path.dirname(path)} holds a run with other {what} ({details}). "
-                "Use a new --model_dir, or the original flags to resume."
-            )
+    if compare_run_config(path, wanted, what):
         return
     with open(path, "w", encoding="utf-8") as f:
         json.dump(wanted, f, indent=2)
@@ -126,6 +163,21 @@ def file_digest(path):
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def files_digest(paths):
+    """One sha256 hex digest of several files, in order (see `file_digest`).
+
+    It changes when a file's bytes change, or files are added, dropped or
+    reordered; for one file it is not `file_digest` of that file.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(file_digest(path).encode("ascii") + b"\n")
     return digest.hexdigest()
 
 
