@@ -4,7 +4,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sys
 
 from absl import logging
@@ -127,6 +126,7 @@ def load_starting_point(init_checkpoint=None, vocab_file=None, preset=None, lowe
             unknown preset, or a vocabulary whose size differs from the encoder's.
     """
     from kbert import checkpoints, models, text
+    from kbert.checkpoints import tokenizer_files
 
     if bool(init_checkpoint) == bool(vocab_file):
         raise RunError("Give --init_checkpoint (a pretrained BERT) or --vocab_file with --preset.")
@@ -136,13 +136,13 @@ def load_starting_point(init_checkpoint=None, vocab_file=None, preset=None, lowe
             tokenizer = checkpoints.load_tokenizer(init_checkpoint, lowercase=lowercase)
         except (FileNotFoundError, ValueError) as e:
             raise RunError(f"--init_checkpoint={init_checkpoint}: {e}") from e
-        folder = init_checkpoint if os.path.isdir(init_checkpoint) else os.path.dirname(
-            os.path.abspath(init_checkpoint))
-        vocab_path = os.path.join(folder, "vocab.txt")
+        vocab_path = tokenizer_files.find_vocabulary(init_checkpoint)
     else:
         if not os.path.isfile(vocab_file):
             raise RunError(f"--vocab_file={vocab_file} does not exist or is not a file.")
-        tokenizer = text.BertTokenizer(vocab_file, lowercase=True if lowercase is None else lowercase)
+        if lowercase is None:
+            lowercase, _ = tokenizer_files.read_do_lower_case(vocab_file)
+        tokenizer = text.BertTokenizer(vocab_file, lowercase=lowercase)
         try:
             encoder = models.BertEncoder.from_preset(
                 preset, dtype=dtype, vocab_size=tokenizer.vocab_size)
@@ -185,14 +185,14 @@ def write_tokenizer_files(model_dir, tokenizer, vocab_path):
     """Copies the vocabulary into the run and records its casing.
 
     Writes `MODEL_DIR/vocab.txt` and `MODEL_DIR/tokenizer_config.json`
-    (`{"do_lower_case": ...}`, HuggingFace's key), so the run folder alone
-    rebuilds the tokenizer (`kbert.checkpoints.load_tokenizer(MODEL_DIR)`).
+    (HuggingFace's `do_lower_case`, through
+    `kbert.checkpoints.tokenizer_files`, as every kbert writer does), so the
+    run folder alone rebuilds the tokenizer
+    (`kbert.checkpoints.load_tokenizer(MODEL_DIR)`).
     """
-    target = os.path.join(model_dir, "vocab.txt")
-    if os.path.abspath(vocab_path) != os.path.abspath(target):
-        shutil.copyfile(vocab_path, target)
-    with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"do_lower_case": tokenizer.lowercase}, f)
+    from kbert.checkpoints import tokenizer_files
+
+    tokenizer_files.write_tokenizer_files(model_dir, vocab_path, bool(tokenizer.lowercase))
 
 
 @contextlib.contextmanager
