@@ -261,3 +261,19 @@ def test_write_folder_rejects_an_unresolved_casing(cased, tmp_path):
         huggingface.write_folder(checkpoints.read_model(encoder), encoder.bert_config,
                                  str(tmp_path / "hf"), str(folder / "vocab.txt"), None)
     assert os.listdir(tmp_path) == []
+
+
+def test_pretraining_on_a_cased_vocab_file_stays_cased(cased, tmp_path):
+    folder, _ = cased
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The capital of France is Paris.\nParis is in France.\n\n"
+                      "The capital is Paris.\nA capital is a capital.\n", encoding="utf-8")
+    run = tmp_path / "run"
+    result = _program("trainers.pretrain", f"--model_dir={run}", f"--corpus={corpus}",
+                      f"--vocab_file={folder / 'vocab.txt'}", "--preset=bert_tiny",
+                      "--train_steps=2", "--global_batch_size=2", "--sequence_length=16",
+                      "--max_predictions_per_seq=2", "--dupe_factor=1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert json.loads((run / "tokenizer_config.json").read_text())["do_lower_case"] is False
+    assert checkpoints.load_tokenizer(str(run)).lowercase is False
+    assert _kbert_ids(run) == _kbert_ids(folder)

@@ -47,7 +47,7 @@ flags.DEFINE_enum("preset", "bert_tiny", sorted(PRESETS), "Architecture preset."
 flags.DEFINE_string("bert_config_file", None, "bert_config.json; overrides --preset.")
 flags.DEFINE_string("vocab_file", None, "vocab.txt; default: learn one from the corpus.")
 flags.DEFINE_integer("vocab_size", 8000, "Target size when learning a vocabulary.", lower_bound=6)
-flags.DEFINE_bool("lowercase", True, "Uncased tokenization.")
+flags.DEFINE_bool("lowercase", None, "Uncased tokenization (default: the casing of --vocab_file, from the tokenizer_config.json beside it or inferred from its tokens; True for a learned vocabulary).")
 flags.DEFINE_list("corpus", None, "Corpus files/globs; default: CPython's pydoc topics.")
 flags.DEFINE_list("eval_corpus", None, "Held-out corpus for the final masked-LM accuracy.")
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
@@ -134,7 +134,24 @@ def _read_corpus(name, patterns):
     return files, documents
 
 
-def _vocabulary(own_vocab, documents):
+def _lowercase(own_vocab):
+    """The run's casing: --lowercase, else that of --vocab_file or the run's own vocabulary
+    (`kbert.checkpoints.tokenizer_files.read_do_lower_case`), else True (uncased, learned)."""
+    from kbert.checkpoints import tokenizer_files
+    from kbert.training import runs
+
+    if FLAGS.lowercase is not None:
+        return FLAGS.lowercase
+    vocab = FLAGS.vocab_file or (own_vocab if os.path.exists(own_vocab) else None)
+    if vocab is None or not os.path.isfile(vocab):
+        return True  # a vocabulary learned now (a missing --vocab_file is reported later)
+    try:
+        return tokenizer_files.read_do_lower_case(vocab)[0]
+    except (OSError, ValueError) as e:
+        raise runs.RunError(f"--vocab_file={vocab}: {e}") from e
+
+
+def _vocabulary(own_vocab, documents, lowercase):
     """The run's vocabulary: --vocab_file, the run's vocab.txt, or learned now (not written).
 
     Returns:
@@ -161,7 +178,7 @@ def _vocabulary(own_vocab, documents):
     else:
         lines = [s for doc in documents for s in doc]
         try:
-            tokens = text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=FLAGS.lowercase)
+            tokens = text.build_vocabulary(lines, FLAGS.vocab_size, lowercase=lowercase)
         except ValueError as e:
             raise runs.RunError(f"--vocab_size={FLAGS.vocab_size}: {e}") from e
         content = ("\n".join(tokens) + "\n").encode("utf-8")
@@ -233,7 +250,9 @@ def _plan(model_dir):
             f"{model_dir} has reached; give --train_steps >= {reached_step} or a new --model_dir."
         )
 
-    tokens, vocab_digest, learned = _vocabulary(os.path.join(model_dir, "vocab.txt"), documents)
+    lowercase = _lowercase(os.path.join(model_dir, "vocab.txt"))
+    tokens, vocab_digest, learned = _vocabulary(os.path.join(model_dir, "vocab.txt"), documents,
+                                                lowercase)
     if not FLAGS.bert_config_file:
         config = models.preset_config(FLAGS.preset, vocab_size=len(tokens))
     if config.vocab_size != len(tokens):
@@ -244,7 +263,7 @@ def _plan(model_dir):
     settings = {
         "preset": None if FLAGS.bert_config_file else FLAGS.preset,
         **{f"bert_config.{k}": v for k, v in config.to_dict().items()},
-        "do_lower_case": FLAGS.lowercase,
+        "do_lower_case": lowercase,
         "vocab_size": None if FLAGS.vocab_file else FLAGS.vocab_size,
         "vocab_sha256": vocab_digest,
         "corpus": corpus_record,
@@ -287,7 +306,7 @@ def _write_run_files(model_dir, plan):
     if plan["learned_vocab"]:
         print(f"Learned a {len(plan['tokens'])}-token vocabulary (target --vocab_size="
               f"{FLAGS.vocab_size}) from {plan['corpus_files'] or 'the default corpus'}.", flush=True)
-    tokenizer_files.write_tokenizer_files(model_dir, vocab_path, FLAGS.lowercase)
+    tokenizer_files.write_tokenizer_files(model_dir, vocab_path, plan["settings"]["do_lower_case"])
     plan["config"].to_json_file(os.path.join(model_dir, "bert_config.json"))
     if plan["corpus_files"]:
         return plan["corpus_files"]
@@ -313,7 +332,7 @@ def main(argv):
 
     import keras
 
-    from kbert import data, models, text, training
+    from kbert import checkpoints, data, models, training
     from kbert.training import pretraining
 
     if FLAGS.global_batch_size % strategy.num_replicas_in_sync:
@@ -327,7 +346,7 @@ def main(argv):
     except runs.RunError as e:
         _fail(e)
     corpus = _write_run_files(FLAGS.model_dir, plan)
-    tokenizer = text.BertTokenizer(os.path.join(FLAGS.model_dir, "vocab.txt"), lowercase=FLAGS.lowercase)
+    tokenizer = checkpoints.load_tokenizer(FLAGS.model_dir)  # the casing just written
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
