@@ -4,16 +4,26 @@
 import keras
 
 from kbert.layers.masked_lm_head import MaskedLMHead
-from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, check_input_dict
+from kbert.models.bert_encoder import (
+    INPUT_NAMES,
+    POSITIONS_NAME,
+    BertEncoder,
+    BertInputsModel,
+)
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertPretrainer(keras.Model):
+class BertPretrainer(BertInputsModel):
     """`BertEncoder` plus a tied `MaskedLMHead` and a 2-way NSP classifier.
 
     Inputs (dict of int32): the encoder's `token_ids`, `segment_ids`,
     `padding_mask`, each `(batch_size, sequence_length)`, and
-    `masked_lm_positions` `(batch_size, num_predictions)`.
+    `masked_lm_positions` `(batch_size, num_predictions)`, positions in
+    `[0, sequence_length)`. Inputs are checked alike by `__call__`, `fit`,
+    `evaluate`, `predict` and the `*_on_batch` methods (see
+    `BertInputsModel`): float ids raise TypeError, bad keys or shapes and
+    sequences longer than `max_position_embeddings` ValueError, host ids
+    or positions out of range `InvalidIdsError`.
 
     Outputs (dict of float32 logits):
         masked_lm_logits: `(batch_size, num_predictions, vocab_size)`.
@@ -29,9 +39,11 @@ class BertPretrainer(keras.Model):
         ValueError: `encoder` is not a `BertEncoder`.
     """
 
+    input_names = INPUT_NAMES + (POSITIONS_NAME,)
+
     def __init__(self, encoder, **kwargs):
         if not isinstance(encoder, BertEncoder):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (the documented error of a wrong argument)
                 f"`encoder` must be a kbert BertEncoder; received {type(encoder).__name__}."
             )
         config = encoder.bert_config
@@ -50,13 +62,11 @@ class BertPretrainer(keras.Model):
         )
         # === Functional graph ===
         inputs = dict(encoder.input)
-        inputs["masked_lm_positions"] = keras.Input(
-            shape=(None,), dtype="int32", name="masked_lm_positions"
-        )
+        inputs[POSITIONS_NAME] = keras.Input(shape=(None,), dtype="int32", name=POSITIONS_NAME)
         encoder_outputs = encoder({name: inputs[name] for name in encoder.input})
         outputs = {
             "masked_lm_logits": masked_lm_head(
-                encoder_outputs["sequence_output"], inputs["masked_lm_positions"]
+                encoder_outputs["sequence_output"], inputs[POSITIONS_NAME]
             ),
             "next_sentence_logits": next_sentence_head(encoder_outputs["pooled_output"]),
         }
@@ -66,9 +76,8 @@ class BertPretrainer(keras.Model):
         self.masked_lm_head = masked_lm_head
         self.next_sentence_head = next_sentence_head
 
-    def __call__(self, inputs, *args, **kwargs):
-        check_input_dict(inputs, INPUT_NAMES + ("masked_lm_positions",), type(self).__name__)
-        return super().__call__(inputs, *args, **kwargs)
+    def _input_config(self):
+        return self.encoder.bert_config
 
     def get_config(self):
         return {

@@ -2,20 +2,21 @@
 
 import keras
 
-from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, check_input_dict
+from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, BertInputsModel
 
 
-class BertTaskModel(keras.Model):
+class BertTaskModel(BertInputsModel):
     """Base of the task models: a functional model over a `BertEncoder`.
 
-    Subclasses build their head in `__init__` and call `_build_graph`; this
-    class gives them input checks in `__call__`, `get_config`/`from_config`
+    Subclasses build their head in `__init__`; this class gives them the
+    input checks of every entry point (`__call__`, `fit`, `evaluate`,
+    `predict`, `*_on_batch`; see `BertInputsModel`), `get_config`/`from_config`
     that serialise the encoder, and the shared argument validation.
     """
 
     def _check_encoder(self, encoder):
         if not isinstance(encoder, BertEncoder):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (the documented error of a wrong argument)
                 f"`encoder` must be a kbert BertEncoder; received {type(encoder).__name__}."
             )
 
@@ -41,9 +42,8 @@ class BertTaskModel(keras.Model):
     def _encoder_inputs():
         return {name: keras.Input(shape=(None,), dtype="int32", name=name) for name in INPUT_NAMES}
 
-    def __call__(self, inputs, *args, **kwargs):
-        check_input_dict(inputs, INPUT_NAMES, type(self).__name__)
-        return super().__call__(inputs, *args, **kwargs)
+    def _input_config(self):
+        return self.encoder.bert_config
 
     def _head_config(self):
         raise NotImplementedError

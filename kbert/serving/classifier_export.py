@@ -9,30 +9,44 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
     that a text was cut to `sequence_length`). For regression (one output):
     float32 `score` `(batch,)` and `num_wordpieces`.
   * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
-    `(batch, length)` -> `probabilities`, `logits` (or `score`).
+    `(batch, length)`, length <= `max_position_embeddings` ->
+    `probabilities`, `logits` (or `score`).
+  * `serving_token_ids_int64`: the same for int64 ids (NumPy arrays from
+    Python also work with `serving_token_ids`; int64 tensors need this one).
+Requests are checked in the graph and refused with
+`tf.errors.InvalidArgumentError` naming the input: text that is not a 1-D
+batch of strings, `text` and `text_pair` of different sizes, ids not of
+rank 2 or of different shapes, a length above `max_position_embeddings`.
+Each weight is stored once, and the version folder is written atomically.
 TFLite (TFLite builtin ops only): int32 `ids`, `mask`, `segment_ids`
 `(1, sequence_length)` -> float32 `probabilities` `(1, num_classes)` in
 signature `serving_default`: the input names of the TFLite Task Library's
 and MediaPipe Tasks' BERT classifiers (MediaPipe Model Maker's export).
+The shapes are fixed; `run_classifier_tflite` refuses other lengths with a
+ValueError naming the file's.
 """
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from kbert.models.bert_encoder import INPUT_NAMES
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
-    TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    add_token_ids_endpoints,
     check_export_target,
     check_text_batch,
+    new_export_archive,
     run_saved_model_in_fresh_process,
     text_input_specs,
+    write_archive,
 )
-from kbert.serving.tflite import convert_to_tflite
+from kbert.serving.tflite import (
+    check_tflite_inputs,
+    check_tflite_target,
+    convert_to_tflite,
+)
 from kbert.text.bert_text_preprocessor import BertTextPreprocessor
 
 TFLITE_SIGNATURE = "serving_default"
@@ -66,7 +80,9 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
     Raises:
         ValueError: a label list that does not match the model's outputs,
             `sequence_length` above `max_position_embeddings`, a bad
-            `num_segments` or `version`, or an existing version folder.
+            `num_segments` or `version`, or an existing version folder (all
+            before anything is written; a later failure leaves nothing at
+            `export_base/version`).
     """
     regression = model.num_classes == 1
     if not regression and (label_list is None or len(label_list) != model.num_classes):
@@ -92,24 +108,17 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
             outputs["label"] = tf.gather(labels, label_id)
         return outputs
 
-    def serve_token_ids(token_ids, segment_ids, padding_mask):
-        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
-        return _head_outputs(model, features, regression)
-
     names = ["text", "text_pair"][:num_segments]
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(preprocessor)
+    archive = new_export_archive(model, preprocessor)
     archive.add_endpoint(
         TEXT_SIGNATURE, serve_text,
         input_signature=text_input_specs(*names),
     )
-    archive.add_endpoint(
-        TOKEN_IDS_SIGNATURE, serve_token_ids,
-        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
+    add_token_ids_endpoints(
+        archive, lambda features: _head_outputs(model, features, regression),
+        model.encoder.bert_config,
     )
-    archive.write_out(path, verbose=False)
-    return path
+    return write_archive(archive, path)
 
 
 def export_classifier_tflite(model, path, sequence_length=128):
@@ -117,7 +126,8 @@ def export_classifier_tflite(model, path, sequence_length=128):
 
     Inputs (signature `serving_default`): int32 `ids`, `mask`, `segment_ids`
     `(1, sequence_length)`; output float32 `probabilities` `(1, num_classes)`
-    (`score` `(1,)` for regression). TFLite builtin ops only.
+    (`score` `(1,)` for regression). TFLite builtin ops only. Written
+    atomically (a failure leaves no file at `path`).
 
     Args:
         model: `kbert.models.BertClassifier`.
@@ -130,11 +140,7 @@ def export_classifier_tflite(model, path, sequence_length=128):
     Raises:
         ValueError: `sequence_length` above `max_position_embeddings`.
     """
-    limit = model.encoder.bert_config.max_position_embeddings
-    if sequence_length > limit:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
-        )
+    check_tflite_target(model, sequence_length)
     regression = model.num_classes == 1
 
     def serve(ids, mask, segment_ids):
@@ -160,21 +166,18 @@ def run_classifier_tflite(path, features):
         float32 array: `(batch, num_classes)` probabilities or `(batch,)` scores.
 
     Raises:
-        ValueError: features of another length than the file's (both named).
+        ValueError: features of another length than the file's (both named,
+            see `check_tflite_inputs`), or a missing input.
+        TypeError: non-integer ids.
     """
     interpreter = tf.lite.Interpreter(model_path=path)
     runner = interpreter.get_signature_runner(TFLITE_SIGNATURE)
-    expected = int(runner.get_input_details()["ids"]["shape"][1])
-    length = np.asarray(features["token_ids"]).shape[1]
-    if length != expected:
-        raise ValueError(f"{path} takes sequences of length {expected}; received {length}.")
+    arrays = check_tflite_inputs(
+        path, runner.get_input_details(), features, TFLITE_INPUT_NAMES, any_batch=True
+    )
     rows = []
-    for i in range(len(features["token_ids"])):
-        inputs = {
-            tflite_name: np.asarray(features[name][i:i + 1], np.int32)
-            for tflite_name, name in TFLITE_INPUT_NAMES.items()
-        }
-        result = runner(**inputs)
+    for i in range(len(arrays["ids"])):
+        result = runner(**{name: array[i:i + 1] for name, array in arrays.items()})
         rows.append(result["score"] if "score" in result else result["probabilities"])
     return np.concatenate(rows, axis=0)
 

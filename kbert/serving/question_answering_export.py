@@ -9,7 +9,15 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
     `context_truncated` (the context did not fit one window of
     `sequence_length`; its tail was not searched).
   * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
-    -> float32 `start_logits`, `end_logits` `(batch, length)`.
+    `(batch, length)`, length <= `max_position_embeddings` -> float32
+    `start_logits`, `end_logits` `(batch, length)`.
+  * `serving_token_ids_int64`: the same for int64 ids (NumPy arrays from
+    Python also work with `serving_token_ids`; int64 tensors need this one).
+Requests are checked in the graph and refused with
+`tf.errors.InvalidArgumentError` naming the input: `question`/`context`
+that are not 1-D batches of strings or differ in size, ids not of rank 2 or
+of different shapes, a length above `max_position_embeddings`. Each weight
+is stored once, and the version folder is written atomically.
 
 The text signature packs `[CLS] question [SEP] context [SEP]` in one window
 (question cut to `max_query_length` pieces, context to what is left) and
@@ -26,19 +34,19 @@ windows with a stride.
 
 import os
 
-import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from kbert.models.bert_encoder import INPUT_NAMES
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
-    TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    add_token_ids_endpoints,
     check_export_target,
     check_text_batch,
+    new_export_archive,
     run_saved_model_in_fresh_process,
     text_input_specs,
+    write_archive,
 )
 from kbert.text.normalization import normalize_text
 
@@ -159,7 +167,9 @@ def export_question_answering_saved_model(model, tokenizer, export_base, sequenc
 
     Raises:
         ValueError: `sequence_length` above `max_position_embeddings` or too
-            short for `max_query_length`, a bad or existing version.
+            short for `max_query_length`, a bad or existing version (all
+            before anything is written; a later failure leaves nothing at
+            `export_base/version`).
     """
     if sequence_length < max_query_length + 4:
         raise ValueError(
@@ -176,23 +186,16 @@ def export_question_answering_saved_model(model, tokenizer, export_base, sequenc
             max_answer_length,
         )
 
-    def serve_token_ids(token_ids, segment_ids, padding_mask):
-        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+    def serve_token_ids(features):
         return {k: tf.cast(v, tf.float32) for k, v in model(features, training=False).items()}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(tokenizer)
+    archive = new_export_archive(model, tokenizer)
     archive.add_endpoint(
         TEXT_SIGNATURE, serve_text,
         input_signature=text_input_specs("question", "context"),
     )
-    archive.add_endpoint(
-        TOKEN_IDS_SIGNATURE, serve_token_ids,
-        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
-    )
-    archive.write_out(path, verbose=False)
-    return path
+    add_token_ids_endpoints(archive, serve_token_ids, model.encoder.bert_config)
+    return write_archive(archive, path)
 
 
 def verify_question_answering_saved_model(path, model, tokenizer, questions, contexts,

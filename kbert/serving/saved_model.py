@@ -1,7 +1,21 @@
-"""SavedModel export for TF Serving: raw-text and token-id signatures."""
+"""SavedModel export for TF Serving: raw-text and token-id signatures.
 
+Shared by every SavedModel/TFLite writer in `kbert.serving`:
+  * `check_export_target` validates before anything is written;
+  * `new_export_archive` builds a `keras.export.ExportArchive` that stores
+    each weight once;
+  * `add_token_ids_endpoints` adds the token-id signatures (int32 and
+    int64), whose requests are checked in the graph (`check_token_ids_batch`),
+    as text signatures are (`text_input_specs`, `check_text_batch`);
+  * `write_archive` / `atomic_output` write into a temporary sibling and
+    rename it into place, so a failure leaves nothing at the target.
+"""
+
+import contextlib
 import json
+import numbers
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +29,8 @@ from kbert.text.bert_packer import BertPacker
 
 TEXT_SIGNATURE = "serving_default"
 TOKEN_IDS_SIGNATURE = "serving_token_ids"
+# The same signature for int64 ids (what NumPy and many gRPC clients produce).
+TOKEN_IDS_INT64_SIGNATURE = "serving_token_ids_int64"
 WORDPIECES_SIGNATURE = "serving_wordpieces"
 
 
@@ -39,23 +55,237 @@ class _VocabularyTable(tf.Module):
         )
 
 
-def check_export_target(model, sequence_length, version, path):
-    """Validates a task-model export before anything is written.
+def _bert_config(model):
+    """The `BertConfig` of an encoder or of a task model's encoder."""
+    config = getattr(model, "bert_config", None)
+    return config if config is not None else model.encoder.bert_config
+
+
+def check_sequence_length(model, sequence_length):
+    """Validates the packed (or fixed) length of an export.
+
+    Args:
+        model: a `BertEncoder` or a task model (with `.encoder`).
+        sequence_length: int.
 
     Raises:
-        ValueError: `sequence_length` above the encoder's
-            `max_position_embeddings`, `version` < 1, or an existing `path`
-            (a version is never overwritten).
+        ValueError: `sequence_length` not an int >= 2 or above the encoder's
+            `max_position_embeddings`.
     """
-    limit = model.encoder.bert_config.max_position_embeddings
+    limit = _bert_config(model).max_position_embeddings
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, numbers.Integral) \
+            or sequence_length < 2:
+        raise ValueError(f"sequence_length={sequence_length!r} must be an int >= 2 ([CLS] and [SEP]).")
     if sequence_length > limit:
         raise ValueError(
             f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
         )
-    if version < 1:
-        raise ValueError(f"version={version} must be >= 1.")
+
+
+def check_export_target(model, sequence_length, version, path):
+    """Validates a SavedModel export before anything is written.
+
+    Args:
+        model: a `BertEncoder` or a task model (with `.encoder`).
+        sequence_length: int, the packed length of the text signature.
+        version: int, the TF Serving version.
+        path: str, the version folder to be written.
+
+    Raises:
+        ValueError: a bad `sequence_length` (see `check_sequence_length`),
+            `version` < 1, or an existing `path` (a version is never
+            overwritten).
+    """
+    check_sequence_length(model, sequence_length)
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
+        raise ValueError(f"version={version!r} must be an int >= 1.")
     if os.path.exists(path):
         raise ValueError(f"{path} exists; export to a new version or remove it.")
+
+
+def new_export_archive(*resources):
+    """A `keras.export.ExportArchive` that will store each weight once.
+
+    `ExportArchive.track(model)` lists the model's Keras variables, and
+    `write_out` lists again the `tf.Variable`s the endpoints capture (the
+    same weights, other Python objects): the SavedModel then held every
+    weight twice (`variables/*` and `_all_variables/*`, 182 MB for
+    all-MiniLM-L6-v2's 91 MB). The endpoints' variables are saved without
+    tracking, so only resources that hold no variables (tokenizer and packer
+    layers, `tf.Module`s with lookup tables) are tracked here; models passed
+    in are skipped.
+
+    Args:
+        *resources: Keras layers/models and TensorFlow trackables the
+            endpoints use.
+
+    Returns:
+        `keras.export.ExportArchive`.
+    """
+    archive = keras.export.ExportArchive()
+    for resource in resources:
+        if not list(getattr(resource, "variables", ())):
+            archive.track(resource)
+    return archive
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a temporary sibling of `path` to write; renames it to `path` on success.
+
+    On any error inside the block the temporary file or folder is removed and
+    nothing appears at `path`, so a reader (TF Serving polls its base folder
+    for versions) never sees a half-written export. The temporary name
+    starts with "." and is not a number, which TF Serving ignores.
+
+    Args:
+        path: str, the file or folder to create; its parent folder is
+            created if missing. A folder target must not exist; a file target
+            is replaced.
+
+    Yields:
+        str, the temporary path (absent: create it as a file or folder).
+
+    Raises:
+        FileExistsError: a folder appeared at `path` while writing.
+    """
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    target = os.path.join(temporary, name)
+    try:
+        yield target
+        if os.path.isdir(target):
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} appeared while the export was written.")
+            os.rename(target, path)
+        else:
+            os.replace(target, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def write_archive(archive, path):
+    """Writes `archive` as a SavedModel at `path`, atomically (see `atomic_output`).
+
+    Args:
+        archive: a `keras.export.ExportArchive` with its endpoints.
+        path: str, the SavedModel folder (must not exist).
+
+    Returns:
+        str, `path`.
+
+    Raises:
+        FileExistsError: `path` appeared while writing.
+        Whatever tracing or writing raises; nothing is left at `path` then.
+    """
+    with atomic_output(path) as temporary:
+        archive.write_out(temporary, verbose=False)
+    return path
+
+
+def token_ids_input_specs(dtype=tf.int32):
+    """Input specs of token-id signatures: `INPUT_NAMES` of `dtype` and *unknown* rank.
+
+    As for text (`text_input_specs`): TensorFlow does not check the shapes of
+    signature inputs, so the rank is left open and checked in the graph by
+    `check_token_ids_batch`, whose error names the input.
+    """
+    return [tf.TensorSpec(None, dtype, name=name) for name in INPUT_NAMES]
+
+
+def check_token_ids_batch(config, token_ids, segment_ids, padding_mask):
+    """Checks a token-id request in the graph; returns the int32 features.
+
+    Args:
+        config: the encoder's `BertConfig`.
+        token_ids, segment_ids, padding_mask: int32 or int64 tensors of
+            unknown rank (see `token_ids_input_specs`), each expected to be
+            `(batch_size, sequence_length)`.
+
+    Returns:
+        dict of `INPUT_NAMES` -> int32 `(batch_size, sequence_length)`.
+
+    Raises:
+        tf.errors.InvalidArgumentError (at run time), naming the input and
+            what was expected: an input not of rank 2, `segment_ids` or
+            `padding_mask` of another shape than `token_ids`, a sequence
+            longer than `max_position_embeddings`; for int64 requests also
+            ids outside `[0, vocab_size)` / `[0, type_vocab_size)` (checked
+            before the cast to int32, which would wrap them; int32 ids are
+            range-checked by `BertEmbeddings`).
+    """
+    features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+    checked = {
+        name: _with_rank(name, value, 2, "ids of shape (batch_size, sequence_length)")
+        for name, value in features.items()
+    }
+    shape = tf.shape(checked["token_ids"])
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(checked[name]), shape)),
+            [f"`{name}` must have the shape of `token_ids`", shape, "received shape",
+             tf.shape(checked[name])],
+        )
+        for name in ("segment_ids", "padding_mask")
+    ]
+    limit = config.max_position_embeddings
+    too_long = f"`token_ids` must have sequence length <= max_position_embeddings={limit}; received shape"
+    checks.append(tf.debugging.Assert(shape[1] <= limit, [too_long, shape]))
+    if checked["token_ids"].dtype != tf.int32:
+        for name, size, field in (("token_ids", config.vocab_size, "vocab_size"),
+                                  ("segment_ids", config.type_vocab_size, "type_vocab_size")):
+            ids = checked[name]
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all((ids >= 0) & (ids < size)),
+                [f"`{name}` must hold ids in [0, {size}) ({field}); received min and max",
+                 tf.reduce_min(ids), tf.reduce_max(ids)],
+            ))
+        checked["padding_mask"] = tf.not_equal(checked["padding_mask"], 0)
+    with tf.control_dependencies(checks):
+        return {name: tf.cast(value, tf.int32) for name, value in checked.items()}
+
+
+def add_token_ids_endpoints(archive, serve, config):
+    """Adds `serving_token_ids` (int32) and `serving_token_ids_int64` to `archive`.
+
+    Both take `token_ids`, `segment_ids`, `padding_mask` of shape
+    `(batch_size, length)`, length <= `max_position_embeddings`, checked in
+    the graph by `check_token_ids_batch`; int64 ids are range-checked and
+    cast to int32. (A NumPy int64 array sent to the int32 signature from
+    Python is converted by TensorFlow; an int64 *tensor* is refused by
+    TensorFlow itself, hence the second signature.)
+
+    Args:
+        archive: a `keras.export.ExportArchive`.
+        serve: callable of the int32 features dict -> dict of outputs.
+        config: the encoder's `BertConfig`.
+    """
+    for name, dtype in ((TOKEN_IDS_SIGNATURE, tf.int32), (TOKEN_IDS_INT64_SIGNATURE, tf.int64)):
+        def endpoint(token_ids, segment_ids, padding_mask):
+            return serve(check_token_ids_batch(config, token_ids, segment_ids, padding_mask))
+
+        archive.add_endpoint(name, endpoint, input_signature=token_ids_input_specs(dtype))
+
+
+def _with_rank(name, value, rank, expected):
+    """`value` after an in-graph check of its rank, with that static rank.
+
+    Raises:
+        tf.errors.InvalidArgumentError (at run time): "`name` must be
+            `expected`; received shape" and the shape, for another rank.
+    """
+    ok = tf.debugging.Assert(
+        tf.equal(tf.rank(value), rank),
+        [f"`{name}` must be {expected}; received shape", tf.shape(value)],
+    )
+    with tf.control_dependencies([ok]):
+        # Reshaped after the check, so a bad request fails with the message
+        # above (`tf.ensure_shape` would fail first, its own way, once the
+        # function is specialised to the request's shape).
+        padded = tf.concat([tf.shape(value), tf.ones([rank], tf.int32)], axis=0)
+        return tf.reshape(value, tf.slice(padded, [0], [rank]))
 
 
 def text_input_specs(*names):
@@ -84,16 +314,10 @@ def check_text_batch(**texts):
             1-D (its name, the expected shape and its shape in the message),
             or inputs of different sizes.
     """
-    checked = []
-    for name, text in texts.items():
-        ok = tf.debugging.Assert(
-            tf.equal(tf.rank(text), 1),
-            [f"`{name}` must be a batch of strings of shape (batch_size,); received shape",
-             tf.shape(text)],
-        )
-        with tf.control_dependencies([ok]):
-            # After the check, so a bad request fails with the message above.
-            checked.append(tf.reshape(text, [-1]))
+    checked = [
+        _with_rank(name, text, 1, "a batch of strings of shape (batch_size,)")
+        for name, text in texts.items()
+    ]
     if len(checked) == 2:
         names = list(texts)
         same = tf.debugging.assert_equal(
@@ -121,22 +345,32 @@ def text_to_inputs(tokenizer, packer, text):
 def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_length=128, version=1):
     """Writes `encoder` + in-graph tokenizer as a SavedModel in TF Serving's layout.
 
-    The folder `export_base/version/` holds three signatures:
+    The folder `export_base/version/` holds four signatures:
       * `serving_default`: `text` tf.string `(batch,)` -> float32
         `pooled_output` `(batch, hidden_size)`, `sequence_output`
         `(batch, sequence_length, hidden_size)`, int32 `padding_mask`
         `(batch, sequence_length)`, int32 `num_wordpieces` `(batch,)` (the
         untruncated length, so callers can see truncation). Text is
         tokenized in the graph and packed as `[CLS] text [SEP]`, truncated to
-        `sequence_length`.
+        `sequence_length`; empty strings and any batch size work.
       * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
         `(batch, length)` with length <= `max_position_embeddings` -> float32
         `pooled_output`, `sequence_output`.
+      * `serving_token_ids_int64`: the same for int64 ids (range-checked,
+        then cast to int32). From Python, NumPy int64 arrays also work with
+        `serving_token_ids`; an int64 *tensor* needs this signature.
       * `serving_wordpieces`: `text` -> the packed `token_ids` and their
         `wordpieces` strings, read from the `vocab.txt` asset.
+    Requests are checked in the graph and refused with
+    `tf.errors.InvalidArgumentError` naming the input: text that is not a
+    1-D batch of strings (a scalar, a matrix), ids not of rank 2, ids whose
+    shapes differ, a length above `max_position_embeddings`, ids out of range.
     The vocabulary is copied into `assets/`, and the tokenizer's model is a
     constant of the graph, so the folder works after being moved and after the
-    original vocabulary is deleted. Loading needs `import tensorflow_text`.
+    original vocabulary is deleted. Each weight is stored once
+    (`new_export_archive`), and the folder is written atomically: on a
+    failure nothing is left at `export_base/version`. Loading needs
+    `import tensorflow_text`.
 
     Args:
         encoder: `kbert.models.BertEncoder` (any dtype policy; outputs are
@@ -152,17 +386,13 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
 
     Raises:
         ValueError: `sequence_length` above the encoder's
-            `max_position_embeddings`, `version < 1`, or a vocabulary that
-            does not match the tokenizer.
+            `max_position_embeddings`, `version < 1`, an existing version
+            folder, or a vocabulary that does not match the tokenizer (all
+            before anything is written).
     """
     config = encoder.bert_config
-    if sequence_length > config.max_position_embeddings:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds the encoder's "
-            f"max_position_embeddings={config.max_position_embeddings}."
-        )
-    if version < 1:
-        raise ValueError(f"version={version} must be >= 1.")
+    path = os.path.join(export_base, str(version))
+    check_export_target(encoder, sequence_length, version, path)
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(
             f"The tokenizer has {tokenizer.vocab_size} tokens but the encoder's "
@@ -184,11 +414,6 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         outputs["num_wordpieces"] = num_wordpieces
         return outputs
 
-    def serve_token_ids(token_ids, segment_ids, padding_mask):
-        return encode(
-            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
-        )
-
     def serve_wordpieces(text):
         (text,) = check_text_batch(text=text)
         features, _ = text_to_inputs(tokenizer, packer, text)
@@ -196,19 +421,11 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64))}
 
     text_spec = text_input_specs("text")
-    archive = keras.export.ExportArchive()
-    archive.track(encoder)
-    archive.track(vocabulary)
+    archive = new_export_archive(encoder, vocabulary)
     archive.add_endpoint(TEXT_SIGNATURE, serve_text, input_signature=text_spec)
-    archive.add_endpoint(
-        TOKEN_IDS_SIGNATURE,
-        serve_token_ids,
-        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
-    )
+    add_token_ids_endpoints(archive, encode, config)
     archive.add_endpoint(WORDPIECES_SIGNATURE, serve_wordpieces, input_signature=text_spec)
-    path = os.path.join(export_base, str(version))
-    archive.write_out(path, verbose=False)
-    return path
+    return write_archive(archive, path)
 
 
 _RELOAD_SCRIPT = r"""
@@ -262,6 +479,7 @@ def run_saved_model_in_fresh_process(path, inputs, signature=TEXT_SIGNATURE):
             [sys.executable, "-c", _RELOAD_SCRIPT, path, signature, inputs_file, out],
             capture_output=True,
             text=True,
+            check=False,
         )
         if proc.returncode:
             raise ExportVerificationError(

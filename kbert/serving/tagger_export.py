@@ -8,25 +8,33 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
     `num_tagged_words` `(batch,)` (words whose first piece fit
     `sequence_length`; the rest get "", so a cut sentence is visible).
   * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
-    `(batch, length)` -> float32 `logits` `(batch, length, num_classes)`.
+    `(batch, length)`, length <= `max_position_embeddings` -> float32
+    `logits` `(batch, length, num_classes)`.
+  * `serving_token_ids_int64`: the same for int64 ids (NumPy arrays from
+    Python also work with `serving_token_ids`; int64 tensors need this one).
+Requests are checked in the graph and refused with
+`tf.errors.InvalidArgumentError` naming the input: text that is not a 1-D
+batch of strings, ids not of rank 2 or of different shapes, a length above
+`max_position_embeddings`. Each weight is stored once, and the version
+folder is written atomically.
 Each word is tagged from its first word piece (Devlin et al. 2019, section 5.3).
 """
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from kbert.models.bert_encoder import INPUT_NAMES
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
-    TOKEN_IDS_SIGNATURE,
     ExportVerificationError,
+    add_token_ids_endpoints,
     check_export_target,
     check_text_batch,
+    new_export_archive,
     run_saved_model_in_fresh_process,
     text_input_specs,
+    write_archive,
 )
 from kbert.text.bert_word_packer import BertWordPacker
 
@@ -80,7 +88,9 @@ def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequenc
 
     Raises:
         ValueError: a label list of the wrong size, `sequence_length` above
-            `max_position_embeddings`, a bad or existing version.
+            `max_position_embeddings`, a bad or existing version (all before
+            anything is written; a later failure leaves nothing at
+            `export_base/version`).
     """
     path = os.path.join(export_base, str(version))
     if len(label_list) != model.num_classes:
@@ -95,22 +105,15 @@ def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequenc
         (text,) = check_text_batch(text=text)
         return tag_words(model, packer, labels, tf.strings.split(text))
 
-    def serve_token_ids(token_ids, segment_ids, padding_mask):
-        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+    def serve_token_ids(features):
         return {"logits": tf.cast(model(features, training=False), tf.float32)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(packer)
+    archive = new_export_archive(model, packer)
     archive.add_endpoint(
         TEXT_SIGNATURE, serve_text, input_signature=text_input_specs("text")
     )
-    archive.add_endpoint(
-        TOKEN_IDS_SIGNATURE, serve_token_ids,
-        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
-    )
-    archive.write_out(path, verbose=False)
-    return path
+    add_token_ids_endpoints(archive, serve_token_ids, model.encoder.bert_config)
+    return write_archive(archive, path)
 
 
 def verify_tagger_saved_model(path, model, tokenizer, label_list, sentences, sequence_length=128):

@@ -1,5 +1,7 @@
 """TFLite export of the token-id encoder, TFLite builtin ops only."""
 
+import numbers
+import os
 import tempfile
 
 import keras
@@ -7,7 +9,12 @@ import numpy as np
 import tensorflow as tf
 
 from kbert.models.bert_encoder import INPUT_NAMES
-from kbert.serving.saved_model import compare_outputs
+from kbert.serving.saved_model import (
+    atomic_output,
+    check_sequence_length,
+    compare_outputs,
+    new_export_archive,
+)
 
 SIGNATURE = "serving_token_ids"
 
@@ -16,31 +23,32 @@ def export_tflite(encoder, path, sequence_length=128, batch_size=1):
     """Converts `encoder` to a TFLite flatbuffer with fixed-shape int32 inputs.
 
     Inputs (signature `serving_token_ids`): `token_ids`, `segment_ids`,
-    `padding_mask`, int32 `(batch_size, sequence_length)`. Outputs: float32
+    `padding_mask`, int32 `(batch_size, sequence_length)`, fixed: the
+    runner helpers (`run_tflite`, `verify_tflite`) refuse other shapes with
+    a ValueError naming the accepted one. Outputs: float32
     `pooled_output` `(batch_size, hidden_size)` and `sequence_output`
     `(batch_size, sequence_length, hidden_size)`. Conversion goes through
     `keras.export.ExportArchive` (which keeps Keras 3 variables) and
     `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`, so the file runs
-    on the stock TFLite runtime without Flex ops.
+    on the stock TFLite runtime without Flex ops. The file is written
+    atomically (a failure leaves no file at `path`; an existing file is
+    replaced only once the new one is complete).
 
     Args:
         encoder: `kbert.models.BertEncoder` (float32 weights recommended).
         path: str, output `.tflite` file.
         sequence_length: int <= `max_position_embeddings`.
-        batch_size: int, fixed batch dimension.
+        batch_size: int >= 1, fixed batch dimension.
 
     Returns:
         bytes of the model (also written to `path`).
 
     Raises:
-        ValueError: `sequence_length` above `max_position_embeddings`.
+        ValueError: `sequence_length` above `max_position_embeddings`, or a
+            `batch_size` below 1 (before anything is written).
         tf.lite ConverterError: an op outside the TFLite builtins.
     """
-    limit = encoder.bert_config.max_position_embeddings
-    if sequence_length > limit:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
-        )
+    check_tflite_target(encoder, sequence_length, batch_size)
 
     def serve(token_ids, segment_ids, padding_mask):
         outputs = encoder(
@@ -53,15 +61,34 @@ def export_tflite(encoder, path, sequence_length=128, batch_size=1):
     return convert_to_tflite(encoder, serve, specs, SIGNATURE, path)
 
 
+def check_tflite_target(model, sequence_length, batch_size=1):
+    """Validates a TFLite export's fixed shape before converting.
+
+    Args:
+        model: a `BertEncoder` or task model.
+        sequence_length: int, the fixed length.
+        batch_size: int, the fixed batch size.
+
+    Raises:
+        ValueError: `sequence_length` not an int in [2, max_position_embeddings],
+            or `batch_size` not an int >= 1.
+    """
+    check_sequence_length(model, sequence_length)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
+
+
 def convert_to_tflite(model, function, input_signature, signature, path):
-    """Converts `function` (tracking `model`'s variables) to a TFLite file, builtin ops only.
+    """Converts `function` (reading `model`'s variables) to a TFLite file, builtin ops only.
 
     Goes through `keras.export.ExportArchive` (which keeps Keras 3
     variables) and `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`,
-    so the file runs on the stock TFLite runtime without Flex ops.
+    so the file runs on the stock TFLite runtime without Flex ops. The file
+    is written atomically (`kbert.serving.saved_model.atomic_output`).
 
     Args:
-        model: the Keras model whose variables `function` reads.
+        model: the Keras model whose variables `function` reads (saved
+            through `function`; see `new_export_archive`).
         function: callable of the `input_signature` tensors -> dict of outputs.
         input_signature: list of `tf.TensorSpec` with names (fixed shapes).
         signature: str, the signature key in the TFLite file.
@@ -74,8 +101,7 @@ def convert_to_tflite(model, function, input_signature, signature, path):
         tf.lite ConverterError: an op outside the TFLite builtins.
     """
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive = new_export_archive(model)
         archive.add_endpoint(signature, function, input_signature=input_signature)
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
@@ -83,26 +109,95 @@ def convert_to_tflite(model, function, input_signature, signature, path):
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
-    with open(path, "wb") as f:
+    with atomic_output(path) as temporary, open(temporary, "wb") as f:
         f.write(flatbuffer)
+        f.flush()
+        os.fsync(f.fileno())
     return flatbuffer
 
 
+def check_tflite_inputs(path, input_details, features, names=None, any_batch=False):
+    """Checks host features against a TFLite signature's fixed input shapes, before invoking.
+
+    A TFLite file has the shapes it was exported with; the signature runner
+    would resize its inputs to whatever it is given, and XNNPack then fails
+    with an opaque "failed to reshape" error. This check says instead what
+    the file accepts.
+
+    Args:
+        path: str, the `.tflite` file (named in the errors).
+        input_details: the signature runner's `get_input_details()`.
+        features: dict of arrays.
+        names: optional dict file input name -> key of `features`, in the
+            order to check them (default: the file's names, sorted).
+        any_batch: bool, accept any batch size (for runners that feed the
+            rows one by one); the other dimensions must match.
+
+    Returns:
+        dict file input name -> array of the file's dtype.
+
+    Raises:
+        ValueError: a missing input, or an input whose shape is not the
+            file's (both shapes, and the file's batch size and length, named).
+        TypeError: ids of a non-integer dtype.
+    """
+    names = names or {name: name for name in sorted(input_details)}
+    missing = [key for key in names.values() if key not in features]
+    if missing:
+        raise ValueError(f"{path} takes inputs {sorted(names.values())}; missing {missing}.")
+    arrays = {}
+    for file_name, key in names.items():
+        detail = input_details[file_name]
+        expected = tuple(int(d) for d in detail["shape"])
+        array = np.asarray(features[key])
+        if array.dtype.kind not in "biu":
+            raise TypeError(f"`{key}` must hold integer ids; received dtype {array.dtype}.")
+        shape = array.shape
+        compared = shape[1:] == expected[1:] if any_batch else shape == expected
+        if len(shape) != len(expected) or not compared:
+            accepted = ("(any batch size, " + ", ".join(map(str, expected[1:])) + ")"
+                        if any_batch else str(expected))
+            length = f", sequence length {expected[1]}" if len(expected) > 1 else ""
+            raise ValueError(
+                f"{path} takes `{key}` of shape {accepted} (batch size {expected[0]}{length}, "
+                f"fixed when it was exported); received shape {shape}. Pad or truncate the "
+                "inputs to that length, or export a file of the length you need."
+            )
+        arrays[file_name] = array.astype(detail["dtype"])
+    return arrays
+
+
 def run_tflite(path, features):
-    """Runs a TFLite file from `export_tflite` on a dict of int32 arrays; returns outputs."""
+    """Runs a TFLite file from `export_tflite` on a dict of int arrays; returns outputs.
+
+    Args:
+        path: str, the `.tflite` file.
+        features: dict of `INPUT_NAMES` -> int arrays of the file's shape
+            `(batch_size, sequence_length)`.
+
+    Returns:
+        dict of float32 `pooled_output`, `sequence_output`.
+
+    Raises:
+        ValueError: features of another shape than the file's (see
+            `check_tflite_inputs`), or a missing input.
+        TypeError: non-integer ids.
+    """
     interpreter = tf.lite.Interpreter(model_path=path)
     runner = interpreter.get_signature_runner(SIGNATURE)
-    return runner(**{name: np.asarray(features[name], np.int32) for name in INPUT_NAMES})
+    names = {name: name for name in INPUT_NAMES}
+    return runner(**check_tflite_inputs(path, runner.get_input_details(), features, names))
 
 
 def verify_tflite(path, encoder, features, atol=1e-4):
-    """Compares a TFLite file with `encoder` on `features` (int32 arrays of the file's shape).
+    """Compares a TFLite file with `encoder` on `features` (int arrays of the file's shape).
 
     Returns:
         float, the largest absolute difference over `pooled_output` and the
         real-token rows of `sequence_output`.
 
     Raises:
+        ValueError: features of another shape than the file's.
         ExportVerificationError: a difference above `atol`.
     """
     actual = run_tflite(path, features)
