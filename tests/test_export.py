@@ -151,6 +151,18 @@ def test_export_program_end_to_end(tmp_path, uncased_vocab, wikitext_valid):
     assert "SavedModel pooled_output" in out.stdout and "TFLite pooled_output" in out.stdout
     sm = run_saved_model_in_fresh_process(str(tmp_path / "export" / "saved_model" / "bert" / "1"), ["a b c"])
     assert np.isfinite(sm["pooled_output"]).all()
-    tfl = run_tflite(str(tmp_path / "export" / "bert.tflite"),
+    # A rerun never overwrites a version: an explicit existing one is refused in one line.
+    again = subprocess.run(
+        [sys.executable, "-m", "export.export_bert", f"--checkpoint={run}",
+         f"--output_dir={tmp_path / 'export'}", "--sequence_length=32", "--version=1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert again.returncode == 1
+    # (the test's TF_CPP_MIN_LOG_LEVEL=2 lets TensorFlow's own error lines through; the
+    # program's reason is the last line)
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"export_bert: {tmp_path / 'export' / 'saved_model' / 'bert' / '1'} exists; "
+        "export another version or remove it.")
+    tfl = run_tflite(str(tmp_path / "export" / "bert_v1.tflite"),
                      {k: np.zeros((1, 32), np.int32) for k in ("token_ids", "segment_ids", "padding_mask")})
     assert tfl["pooled_output"].shape == (1, 128)

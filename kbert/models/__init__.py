@@ -2,7 +2,7 @@
 
 from kbert.models.bert_classifier import BertClassifier
 from kbert.models.bert_config import BertConfig
-from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder
+from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, InvalidIdsError
 from kbert.models.bert_pretrainer import BertPretrainer
 from kbert.models.bert_span_labeler import BertSpanLabeler
 from kbert.models.bert_text_embedder import BertTextEmbedder
@@ -19,6 +19,7 @@ __all__ = [
     "BertTextEmbedder",
     "BertTokenClassifier",
     "INPUT_NAMES",
+    "InvalidIdsError",
     "PRESETS",
     "inference_copy",
     "preset_config",

@@ -8,6 +8,7 @@ from kbert.serving.classifier_export import (
 )
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
+    TOKEN_IDS_INT64_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     WORDPIECES_SIGNATURE,
     ExportVerificationError,
@@ -19,6 +20,7 @@ from kbert.serving.tflite import export_tflite, run_tflite, verify_tflite
 
 __all__ = [
     "TEXT_SIGNATURE",
+    "TOKEN_IDS_INT64_SIGNATURE",
     "TOKEN_IDS_SIGNATURE",
     "WORDPIECES_SIGNATURE",
     "ExportVerificationError",
@@ -40,3 +42,7 @@ from kbert.serving.embedder_export import (
 )
 
 __all__ += ["export_embedder_saved_model", "verify_embedder_saved_model"]
+
+from kbert.serving.encoder_export import export_encoder  # noqa: E402
+
+__all__ += ["export_encoder"]

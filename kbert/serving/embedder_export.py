@@ -6,9 +6,9 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
     L2 norm: Reimers & Gurevych 2019, sentence-transformers' recipe) and
     int32 `num_wordpieces` `(batch,)` (WordPieces before truncation: more
     than `sequence_length - 2` means the text was cut).
-  * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
-    `(batch, length)`, length <= `max_position_embeddings` -> float32
-    `embeddings`.
+  * `serving_token_ids` (int32) and `serving_token_ids_int64`: `token_ids`,
+    `segment_ids`, `padding_mask` `(batch, length)`, length <=
+    `max_position_embeddings`, checked in the graph -> float32 `embeddings`.
   * `serving_wordpieces`: `text` -> the packed int32 `token_ids` and their
     tf.string `wordpieces`, read from the `vocab.txt` asset (what the model saw).
 """
@@ -19,18 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kbert.models.bert_encoder import INPUT_NAMES
 from kbert.serving.saved_model import (
-    TEXT_SIGNATURE,
-    TOKEN_IDS_SIGNATURE,
-    WORDPIECES_SIGNATURE,
     ExportVerificationError,
-    _VocabularyTable,
     check_export_target,
-    check_text_batch,
     run_saved_model_in_fresh_process,
-    text_input_specs,
+    text_model_archive,
     text_to_inputs,
+    write_archive,
 )
 from kbert.text.bert_packer import BertPacker
 from kbert.text.vocabulary import load_vocabulary
@@ -80,38 +75,12 @@ def export_embedder_saved_model(embedder, tokenizer, vocab_path, export_base, se
         )
     if load_vocabulary(vocab_path) != list(tokenizer.vocabulary):
         raise ValueError(f"{vocab_path} is not the vocabulary the tokenizer was built from.")
-    packer = _packer(tokenizer, sequence_length)
-    vocabulary = _VocabularyTable(vocab_path)
 
     def embed(features):
-        return tf.cast(embedder(features, training=False), tf.float32)
+        return {"embeddings": tf.cast(embedder(features, training=False), tf.float32)}
 
-    def serve_text(text):
-        (text,) = check_text_batch(text=text)
-        features, num_wordpieces = text_to_inputs(tokenizer, packer, text)
-        return {"embeddings": embed(features), "num_wordpieces": num_wordpieces}
-
-    def serve_token_ids(token_ids, segment_ids, padding_mask):
-        features = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
-        return {"embeddings": embed(features)}
-
-    def serve_wordpieces(text):
-        (text,) = check_text_batch(text=text)
-        ids = text_to_inputs(tokenizer, packer, text)[0]["token_ids"]
-        return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64))}
-
-    text_spec = text_input_specs("text")
-    archive = keras.export.ExportArchive()
-    archive.track(embedder)
-    archive.track(vocabulary)
-    archive.add_endpoint(TEXT_SIGNATURE, serve_text, input_signature=text_spec)
-    archive.add_endpoint(
-        TOKEN_IDS_SIGNATURE, serve_token_ids,
-        input_signature=[tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES],
-    )
-    archive.add_endpoint(WORDPIECES_SIGNATURE, serve_wordpieces, input_signature=text_spec)
-    archive.write_out(path, verbose=False)
-    return path
+    archive = text_model_archive(embedder, tokenizer, vocab_path, sequence_length, embed)
+    return write_archive(archive, path)
 
 
 def verify_embedder_saved_model(path, embedder, tokenizer, texts, sequence_length=128, atol=1e-4):

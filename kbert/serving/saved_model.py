@@ -398,19 +398,51 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
             f"The tokenizer has {tokenizer.vocab_size} tokens but the encoder's "
             f"vocab_size is {config.vocab_size}."
         )
-    special = tokenizer.special_token_ids
-    packer = BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
-    vocabulary = _VocabularyTable(vocab_path)
 
     def encode(features):
         outputs = encoder(features, training=False)
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
+    archive = text_model_archive(encoder, tokenizer, vocab_path, sequence_length, encode,
+                                 with_padding_mask=True)
+    return write_archive(archive, path)
+
+
+def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
+                       with_padding_mask=False):
+    """The export archive of a single-text model: text, token-id and wordpiece signatures.
+
+    Signatures: `serving_default` (`text` tf.string `(batch,)`, checked by
+    `check_text_batch`, tokenized and packed as `[CLS] text [SEP]` to
+    `sequence_length`) -> `serve`'s outputs + int32 `num_wordpieces`
+    (+ int32 `padding_mask` when `with_padding_mask`); the token-id
+    signatures of `add_token_ids_endpoints` -> `serve`'s outputs; and
+    `serving_wordpieces` (`text` -> packed `token_ids` and their
+    `wordpieces` from the `vocab.txt` asset). Each weight is stored once
+    (`new_export_archive`).
+
+    Args:
+        model: the Keras model `serve` calls (its encoder's `bert_config` is used).
+        tokenizer: `kbert.text.BertTokenizer` of `vocab_path`.
+        vocab_path: str.
+        sequence_length: int, packed length of the text signatures.
+        serve: callable, dict of int32 features -> dict of float32 outputs.
+        with_padding_mask: bool, also return the packed `padding_mask` for text.
+
+    Returns:
+        `keras.export.ExportArchive`, ready for `write_archive`.
+    """
+    special = tokenizer.special_token_ids
+    packer = BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
+    vocabulary = _VocabularyTable(vocab_path)
+    encoder = getattr(model, "encoder", model)
+
     def serve_text(text):
         (text,) = check_text_batch(text=text)
         features, num_wordpieces = text_to_inputs(tokenizer, packer, text)
-        outputs = encode(features)
-        outputs["padding_mask"] = features["padding_mask"]
+        outputs = dict(serve(features))
+        if with_padding_mask:
+            outputs["padding_mask"] = features["padding_mask"]
         outputs["num_wordpieces"] = num_wordpieces
         return outputs
 
@@ -421,11 +453,11 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64))}
 
     text_spec = text_input_specs("text")
-    archive = new_export_archive(encoder, vocabulary)
+    archive = new_export_archive(model, vocabulary)
     archive.add_endpoint(TEXT_SIGNATURE, serve_text, input_signature=text_spec)
-    add_token_ids_endpoints(archive, encode, config)
+    add_token_ids_endpoints(archive, serve, encoder.bert_config)
     archive.add_endpoint(WORDPIECES_SIGNATURE, serve_wordpieces, input_signature=text_spec)
-    return write_archive(archive, path)
+    return archive
 
 
 _RELOAD_SCRIPT = r"""
