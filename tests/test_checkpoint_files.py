@@ -227,7 +227,7 @@ def test_load_reads_kbert_keras_files_and_run_folders(cased, tmp_path):
     assert checkpoints.detect_format(str(run)) == "keras"
     for source in (run, run / "encoder.keras"):
         loaded = checkpoints.load(str(source), dtype="mixed_bfloat16")
-        assert loaded.embeddings.dtype_policy.name == "mixed_bfloat16"
+        assert loaded.dtype_policy.name == loaded.embeddings.dtype_policy.name == "mixed_bfloat16"
         for a, b in zip(loaded.get_weights(), encoder.get_weights()):
             np.testing.assert_array_equal(a, b)
     classifier = BertClassifier(encoder, num_classes=2)

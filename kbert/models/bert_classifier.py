@@ -56,6 +56,7 @@ class BertClassifier(BertTaskModel):
         pooled = encoder.pooled_output(inputs)
         logits = output_dense(dropout_layer(pooled))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self.dtype_policy = encoder.dtype_policy  # the encoder's, not the global one
         # === Config ===
         self.encoder = encoder
         self.num_classes = num_classes

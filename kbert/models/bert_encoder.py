@@ -450,6 +450,9 @@ class BertEncoder(BertInputsModel):
             dtype=dtype,
             **kwargs,
         )
+        # A functional Model does not keep its `dtype` argument: report the
+        # policy its layers were built with.
+        self.dtype_policy = embeddings.dtype_policy
         # === Config ===
         self.bert_config = config
         self.embeddings = embeddings

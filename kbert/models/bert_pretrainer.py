@@ -71,6 +71,7 @@ class BertPretrainer(BertInputsModel):
             "next_sentence_logits": next_sentence_head(encoder_outputs["pooled_output"]),
         }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.dtype_policy = encoder.dtype_policy  # the encoder's, not the global one
         # === Config ===
         self.encoder = encoder
         self.masked_lm_head = masked_lm_head

@@ -57,6 +57,7 @@ class BertSpanLabeler(BertTaskModel):
             outputs={"start_logits": start_logits, "end_logits": end_logits},
             **kwargs,
         )
+        self.dtype_policy = encoder.dtype_policy  # the encoder's, not the global one
         # === Config ===
         self.encoder = encoder
         self.output_dense = output_dense

@@ -125,6 +125,7 @@ class BertTextEmbedder(BertTaskModel):
         )
         embeddings = pool_tokens(x, padding_mask, pooling, normalize)
         super().__init__(inputs=inputs, outputs=embeddings, **kwargs)
+        self.dtype_policy = encoder.dtype_policy  # the encoder's, not the global one
         # === Config ===
         self.encoder = encoder
         self.pooling = pooling

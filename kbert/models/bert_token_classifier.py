@@ -45,6 +45,7 @@ class BertTokenClassifier(BertTaskModel):
         sequence_output = encoder(inputs)["sequence_output"]
         logits = output_dense(dropout_layer(sequence_output))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self.dtype_policy = encoder.dtype_policy  # the encoder's, not the global one
         # === Config ===
         self.encoder = encoder
         self.num_classes = num_classes
