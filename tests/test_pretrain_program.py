@@ -220,8 +220,9 @@ def test_resume_with_allowed_changes_keeps_summary_totals(finished_run, tmp_path
     (["--corpus={one_document}"], "error: --corpus: ['{one_document}'] hold 1 document(s)"),
     (["--corpus={latin1}"], "error: --corpus: {latin1}:1: not UTF-8"),
     (["--corpus={folder}"], "error: --corpus: Corpus pattern '{folder}' matches the folder"),
+    (["--corpus={folder}/nope.txt"], "error: --corpus: No corpus file matches"),
 ], ids=["absl_bound", "predictions_vs_length", "warmup", "bert_config_file", "one_document",
-        "not_utf8", "folder"])
+        "not_utf8", "folder", "missing"])
 def test_failed_start_prints_one_line_and_creates_no_folder(tmp_path, flags, message):
     paths = {"one_document": tmp_path / "one.txt", "latin1": tmp_path / "latin1.txt",
              "folder": tmp_path / "texts"}

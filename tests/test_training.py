@@ -173,37 +173,17 @@ def test_pretrain_resumes_after_kill(tmp_path, wikitext_valid, uncased_vocab):
     assert (model_dir / "bert_config.json").read_text() == config_before
 
 
-def test_pretrain_corpus_problems_are_one_line_and_leave_no_folder(tmp_path):
-    bad = tmp_path / "latin1.txt"
-    bad.write_bytes(b"caf\xe9 au lait\n")
-    model_dir = tmp_path / "run"
-    env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: the program keeps TF quiet
-    for corpus, message in [
-        (tmp_path / "nope.txt", "error: --corpus: No corpus file matches"),
-        (bad, f"error: --corpus: {bad}:1: not UTF-8 (byte 0xe9 at column 4)"),
-        (tmp_path, "error: --corpus: Corpus pattern"),
-    ]:
-        result = subprocess.run(
-            [sys.executable, "-m", "trainers.pretrain", f"--model_dir={model_dir}",
-             f"--corpus={corpus}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-            check=False)
-        assert result.returncode == 1, result.stderr[-2000:]
-        assert result.stderr.strip().startswith(message) and "\n" not in result.stderr.strip()
-        assert not model_dir.exists()
-
-
 def test_pretrain_checkpoint_interval_need_not_divide_train_steps(tmp_path):
-    # 25 steps, a checkpoint every 10: intervals of 10, 10 and 5, a checkpoint after each.
+    # 9 steps, a checkpoint every 4: intervals of 4, 4 and 1, a checkpoint after each.
     model_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "trainers.pretrain", f"--model_dir={model_dir}",
-         "--train_steps=25", "--checkpoint_every=10", "--global_batch_size=8",
-         "--sequence_length=32", "--max_predictions_per_seq=5", "--dupe_factor=1"],
+         "--train_steps=9", "--checkpoint_every=4", "--global_batch_size=4",
+         "--sequence_length=32", "--max_predictions_per_seq=4", "--dupe_factor=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((model_dir / "summary.json").read_text())["final_step"] == 25
+    assert json.loads((model_dir / "summary.json").read_text())["final_step"] == 9
     steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in model_dir.glob("ckpt-*.index"))
-    assert steps == [10, 20, 25]
+    assert steps == [4, 8, 9]
     with open(model_dir / "history.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
