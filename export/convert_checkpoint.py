@@ -52,6 +52,8 @@ def convert():
     from kbert.checkpoints import tokenizer_files
     from kbert.staging import staged_folder
 
+    if FLAGS.format == "keras" and not FLAGS.output.endswith(".keras"):
+        raise ValueError(f"--output={FLAGS.output} must end in .keras with --format=keras.")
     model = checkpoints.load(
         FLAGS.source, pretraining=FLAGS.pretraining, config=FLAGS.config, hidden_act=FLAGS.hidden_act
     )

@@ -50,15 +50,14 @@ def main(argv):
 
     runs.quiet_logging(FLAGS["verbosity"].present)
     base = encoder_export.saved_model_base(FLAGS.output_dir)
-    version = FLAGS.version or next_version(base)
+    version = FLAGS.version if FLAGS.version is not None else next_version(base)
     try:
-        os.makedirs(FLAGS.output_dir, exist_ok=True)
         result = encoder_export.export_encoder(
             FLAGS.checkpoint, FLAGS.output_dir, version, FLAGS.sequence_length, FLAGS.texts,
             FLAGS.atol, FLAGS.config, FLAGS.vocab_file, FLAGS.lowercase,
-            log_path=os.path.join(FLAGS.output_dir, "export.log"),
+            log_path=os.path.join(FLAGS.output_dir, "export.log"),  # created after the checks
         )
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError,
+    except (OSError, ValueError, TypeError,
             checkpoints.CheckpointMismatchError, serving.ExportVerificationError) as e:
         print(f"export_bert: {e}", file=sys.stderr)
         sys.exit(1)

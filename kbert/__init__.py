@@ -10,7 +10,10 @@ packers and text preprocessing with tensorflow-text), `kbert.data`
 `kbert.serving` (SavedModel and TFLite).
 """
 
-from kbert import layers, models
+# Importing these registers every Keras object kbert saves in `.keras` files
+# (layers, models, tokenizer and packer layers, the learning-rate schedule and
+# loss of a compiled pretrainer), so `import kbert` is all a loader needs.
+from kbert import layers, models, text, training
 
 __version__ = "0.1.0"
-__all__ = ["layers", "models", "__version__"]
+__all__ = ["layers", "models", "text", "training", "__version__"]

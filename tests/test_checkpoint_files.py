@@ -277,3 +277,57 @@ def test_pretraining_on_a_cased_vocab_file_stays_cased(cased, tmp_path):
     assert json.loads((run / "tokenizer_config.json").read_text())["do_lower_case"] is False
     assert checkpoints.load_tokenizer(str(run)).lowercase is False
     assert _kbert_ids(run) == _kbert_ids(folder)
+
+
+def test_bert_tokenizer_infers_the_casing_it_is_not_told(cased, uncased_vocab):
+    from kbert.text import BertTokenizer
+
+    folder, _ = cased
+    assert BertTokenizer(str(folder / "vocab.txt")).lowercase is False
+    assert BertTokenizer(SPECIAL + WORDS).lowercase is False
+    assert BertTokenizer(uncased_vocab).lowercase is True
+    assert BertTokenizer(str(folder / "vocab.txt"), lowercase=True).lowercase is True
+
+
+def test_save_refuses_what_it_cannot_write(cased, tmp_path):
+    folder, encoder = cased
+    with pytest.raises(TypeError, match="save takes a kbert BertEncoder or BertPretrainer; "
+                                        "received BertClassifier"):
+        checkpoints.save(BertClassifier(encoder, num_classes=2), str(tmp_path / "hf"))
+    bad = tmp_path / "latin1" / "vocab.txt"
+    bad.parent.mkdir()
+    bad.write_bytes("\n".join(SPECIAL + WORDS[:-1]).encode() + b"\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"vocab.txt:17: not UTF-8 \(byte 0xe9 at column 4\)"):
+        checkpoints.save(encoder, str(tmp_path / "hf"), vocab_path=str(bad))
+    # A folder as the Google target gets Google's usual prefix inside it.
+    prefix = checkpoints.save(encoder, str(tmp_path / "g") + "/", format="google")
+    assert prefix == str(tmp_path / "g" / "bert_model.ckpt")
+    assert sorted(os.listdir(tmp_path / "g")) == [
+        "bert_config.json", "bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index",
+        "checkpoint"]
+    assert sorted(os.listdir(tmp_path)) == ["g", "latin1"]
+
+
+def test_export_encoder_publishes_nothing_unless_both_files_check_out(cased, tmp_path):
+    from kbert.serving import ExportVerificationError, encoder_export
+
+    folder, encoder = cased
+    source = tmp_path / "hf"
+    checkpoints.save(encoder, str(source), vocab_path=str(folder / "vocab.txt"))
+    out = tmp_path / "out"
+    # Refused before anything is created.
+    for kwargs, error, message in [
+        ({"sequence_length": 1000}, ValueError, r"sequence_length=1000 must be in \[3, "),
+        ({"version": 0}, ValueError, "version=0 must be >= 1"),
+        ({"vocab_file": str(tmp_path / "none.txt")}, FileNotFoundError, "none.txt does not exist"),
+    ]:
+        with pytest.raises(error, match=message):
+            encoder_export.export_encoder(str(source), str(out), **{"version": 1, "sequence_length": 16, **kwargs})
+        assert not out.exists()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="a_file is a file, not a folder"):
+        encoder_export.export_encoder(str(source), str(tmp_path / "a_file"), 1, 16)
+    # A failed check (no tolerance at all) leaves no version for TF Serving to pick up.
+    with pytest.raises(ExportVerificationError):
+        encoder_export.export_encoder(str(source), str(out), 1, 16, texts=[SENTENCE], atol=-1.0)
+    assert os.listdir(out) == []

@@ -142,6 +142,14 @@ def test_export_program_end_to_end(tmp_path, uncased_vocab, wikitext_valid):
          "--mixed_precision=mixed_bfloat16"],
         cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
     )
+    # The run's .keras files load after `import kbert` alone (the compiled pretrainer names
+    # kbert's learning-rate schedule), and as checkpoints.
+    script = ("import sys, keras, kbert; from kbert import checkpoints; "
+              "keras.saving.load_model(sys.argv[1] + '/pretrainer.keras'); "
+              "print(type(checkpoints.load(sys.argv[1], pretraining=True)).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", script, str(run)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "BertPretrainer", loaded.stderr[-2000:]
     out = subprocess.run(
         [sys.executable, "-m", "export.export_bert", f"--model_dir={run}",
          f"--output_dir={tmp_path / 'export'}", "--sequence_length=32"],

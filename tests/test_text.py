@@ -84,7 +84,9 @@ def test_tokenizer_config_round_trip_and_cased():
     assert cased(tf.constant(["Hello hellos"])).to_list() == [[6, 5, 7]]
     clone = BertTokenizer.from_config(cased.get_config())
     assert clone(tf.constant(["Hello hellos"])).to_list() == [[6, 5, 7]]
-    assert BertTokenizer(vocab)(tf.constant(["Hello"])).to_list() == [[5]]
+    # Unstated casing is inferred: this vocabulary holds upper-case pieces, so it is cased.
+    assert BertTokenizer(vocab)(tf.constant(["Hello"])).to_list() == [[6]]
+    assert BertTokenizer(vocab, lowercase=True)(tf.constant(["Hello"])).to_list() == [[5]]
 
 
 def test_build_vocabulary_covers_corpus(tmp_path):

@@ -74,10 +74,10 @@ def _read_keras_file(path, pretraining):
     """Reads a kbert `.keras` file (encoder, pretrainer or task model) as (canonical dict, config)."""
     import keras
 
-    import kbert.models  # noqa: F401  (registers the classes the file names)
+    import kbert  # noqa: F401  (registers the classes the file names)
 
     file = _keras_file(path, pretraining)
-    model = keras.saving.load_model(file)
+    model = keras.saving.load_model(file, compile=False)  # weights only: no optimizer state
     if isinstance(model, (BertEncoder, BertPretrainer)):
         source = model
     elif isinstance(getattr(model, "encoder", None), BertEncoder):
@@ -205,7 +205,8 @@ def save(model, path, format="huggingface", vocab_path=None, lowercase=None):
         path: for "huggingface" a folder (`config.json`, `model.safetensors`,
             and `vocab.txt` + `tokenizer_config.json` when `vocab_path` is
             given) that `transformers.BertModel`/`BertForPreTraining` loads;
-            for "google" a checkpoint prefix (`bert_model.ckpt`), with
+            for "google" a checkpoint prefix (`out/bert_model.ckpt`; a folder
+            path, existing or ending in "/", gets `bert_model.ckpt` in it), with
             `bert_config.json` (and `vocab.txt`, `tokenizer_config.json`)
             written beside it, and a `checkpoint` file with relative paths
             (the folder can be moved).
@@ -223,6 +224,7 @@ def save(model, path, format="huggingface", vocab_path=None, lowercase=None):
 
     Raises:
         ValueError: unknown format, or a vocabulary of another size.
+        TypeError: `model` is not a `BertEncoder` or `BertPretrainer`.
         FileNotFoundError: `vocab_path` does not exist.
         FileExistsError: a file to be written exists already.
         (All before anything is written.)
@@ -231,6 +233,14 @@ def save(model, path, format="huggingface", vocab_path=None, lowercase=None):
 
     if format not in ("huggingface", "google"):
         raise ValueError(f"Unknown format {format!r}; save writes 'huggingface' or 'google'.")
+    if not isinstance(model, (BertEncoder, BertPretrainer)):
+        raise TypeError(
+            f"save takes a kbert BertEncoder or BertPretrainer; received {type(model).__name__} "
+            "(for a task model, pass its .encoder)."
+        )
+    path = os.fspath(path)
+    if format == "google" and (path.endswith(("/", os.sep)) or os.path.isdir(path)):
+        path = os.path.join(path, "bert_model.ckpt")  # a folder: Google's usual prefix in it
     encoder = model.encoder if isinstance(model, BertPretrainer) else model
     config = encoder.bert_config
     tokenizer_names = []

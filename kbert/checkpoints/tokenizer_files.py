@@ -43,8 +43,21 @@ def vocabulary_is_cased(tokens):
 
 
 def _read_tokens(vocab_path):
-    with open(vocab_path, encoding="utf-8") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f]
+    """The vocabulary's lines; ValueError naming the file and line when it is not UTF-8."""
+    with open(vocab_path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    tokens = []
+    for number, line in enumerate(lines, 1):
+        try:
+            tokens.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{vocab_path}:{number}: not UTF-8 (byte 0x{line[e.start]:02x} at column "
+                f"{e.start + 1}); a BERT vocabulary is UTF-8 text, one token per line."
+            ) from None
+    return tokens
 
 
 def find_vocabulary(path):

@@ -6,6 +6,8 @@ stitch together from `kbert.checkpoints.load`, `load_tokenizer`,
 """
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +28,11 @@ def saved_model_base(output_dir):
 def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=DEFAULT_TEXTS,
                    atol=1e-4, config=None, vocab_file=None, lowercase=None, log_path=None):
     """Exports the encoder of any checkpoint `kbert.checkpoints.load` reads, and checks both files.
+
+    Nothing is written before every input is checked, and both files are
+    written and checked in a hidden `OUTPUT_DIR/.export-partial-*` folder and
+    moved into place only when both agree with Keras, so a failed check or an
+    interrupted export never leaves a version behind.
 
     Writes `OUTPUT_DIR/saved_model/bert/VERSION/` (signatures of
     `export_saved_model`: text in, ids in, wordpieces) and
@@ -60,11 +67,11 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
         FileNotFoundError, ValueError: unreadable checkpoint or vocabulary, a
             vocabulary of another size, `sequence_length` above the limit.
         FileExistsError: a target exists (checked before anything is written).
+        NotADirectoryError: `output_dir` is a file.
         ExportVerificationError: an export disagrees with Keras beyond `atol`.
     """
     from kbert import checkpoints, text
     from kbert.checkpoints import tokenizer_files
-    from kbert.serving import saved_model, tflite
 
     if not texts:
         raise ValueError("texts must hold at least one sample string for the checks.")
@@ -83,28 +90,52 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
         raise ValueError(f"version={version} must be >= 1.")
     saved_model_path = os.path.join(saved_model_base(output_dir), str(version))
     lite_path = tflite_path(output_dir, version)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"output_dir={output_dir} is a file, not a folder.")
     for target in (saved_model_path, lite_path):
         if os.path.exists(target):
             raise FileExistsError(f"{target} exists; export another version or remove it.")
     tokenizer = text.BertTokenizer(vocab_path, lowercase=lowercase)
 
+    # Everything is written and checked in a hidden folder of OUTPUT_DIR, then
+    # moved into place: a failed check or a kill never leaves a version that
+    # TF Serving would pick up.
+    os.makedirs(output_dir, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".export-partial-", dir=output_dir)
+    try:
+        result = _export_and_check(encoder, tokenizer, vocab_path, stage, version,
+                                   sequence_length, list(texts), atol, log_path or os.devnull)
+        os.makedirs(saved_model_base(output_dir), exist_ok=True)
+        for staged, target in ((result["saved_model"], saved_model_path),
+                               (result["tflite"], lite_path)):
+            if os.path.exists(target):
+                raise FileExistsError(f"{target} appeared while the export was written.")
+            os.rename(staged, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    result.update({"saved_model": saved_model_path, "tflite": lite_path,
+                   "lowercase": lowercase, "lowercase_source": source})
+    return result
+
+
+def _export_and_check(encoder, tokenizer, vocab_path, folder, version, sequence_length, texts,
+                      atol, log):
+    """Writes both files under `folder` and checks them; returns `export_encoder`'s dict."""
+    from kbert import text
+    from kbert.serving import saved_model, tflite
+    from kbert.training.runs import stderr_to_file  # the converter logs from C++
+
     path = saved_model.export_saved_model(
-        encoder, tokenizer, vocab_path, saved_model_base(output_dir), sequence_length, version
-    )
-    texts = list(texts)
+        encoder, tokenizer, vocab_path, os.path.join(folder, "saved_model"), sequence_length,
+        version)
     result = {
         "saved_model": path,
         "saved_model_diff": saved_model.verify_saved_model(
             path, encoder, tokenizer, texts, sequence_length, atol),
         "saved_model_pooled": saved_model.run_saved_model_in_fresh_process(path, texts)[
             "pooled_output"],
-        "lowercase": lowercase,
-        "lowercase_source": source,
     }
-
-    from kbert.training.runs import stderr_to_file  # the converter logs from C++
-
-    log = log_path or os.devnull
+    lite_path = tflite_path(folder, version)
     with stderr_to_file(log):
         tflite.export_tflite(encoder, lite_path, sequence_length, batch_size=1)
     special = tokenizer.special_token_ids

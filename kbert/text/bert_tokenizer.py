@@ -1,5 +1,7 @@
 """In-graph WordPiece tokenizer (tensorflow-text `FastBertTokenizer`)."""
 
+import os
+
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -32,7 +34,12 @@ class BertTokenizer(keras.layers.Layer):
     Args:
         vocabulary: str path of `vocab.txt` or a list of tokens (id = index).
             Must contain `[PAD] [UNK] [CLS] [SEP] [MASK]`.
-        lowercase: bool, uncased model (True) or cased (False).
+        lowercase: bool, uncased model (True) or cased (False); None (the
+            default) reads it as every kbert loader does
+            (`kbert.checkpoints.tokenizer_files`): `do_lower_case` from a
+            `tokenizer_config.json` beside a vocabulary file, else inferred
+            from the tokens (a cased BERT vocabulary holds upper-case word
+            pieces, an uncased one none). The resolved bool is `self.lowercase`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -54,12 +61,19 @@ class BertTokenizer(keras.layers.Layer):
     [[15743, 7668]]
     """
 
-    def __init__(self, vocabulary, lowercase=True, **kwargs):
+    def __init__(self, vocabulary, lowercase=None, **kwargs):
         kwargs.setdefault("trainable", False)
         kwargs.pop("dtype", None)
         super().__init__(dtype="int32", **kwargs)
         self.vocabulary = load_vocabulary(vocabulary)
-        self.lowercase = lowercase
+        if lowercase is None:
+            from kbert.checkpoints import tokenizer_files
+
+            if isinstance(vocabulary, (str, os.PathLike)):
+                lowercase, _ = tokenizer_files.read_do_lower_case(os.fspath(vocabulary))
+            else:
+                lowercase = not tokenizer_files.vocabulary_is_cased(self.vocabulary)
+        self.lowercase = bool(lowercase)
         self._token_to_id = {token: i for i, token in enumerate(self.vocabulary)}
         # Normalisation runs as separate graph ops (see `normalize_text`), so
         # the WordPiece op itself never lower-cases: its built-in lower-casing
