@@ -111,6 +111,11 @@ def _check_shapes(inputs, names, config, where):
                 f"`{name}` must have {what} of `token_ids` {reference}; {where} shape {shape}."
             )
     length = reference[1]
+    if length == 0:
+        raise ValueError(
+            f"`token_ids` must have shape (batch_size, sequence_length) with sequence_length "
+            f">= 1 ([CLS] at least); {where} shape {reference}."
+        )
     if config is not None and length is not None and length > config.max_position_embeddings:
         raise ValueError(
             f"Sequence length {length} exceeds max_position_embeddings="
@@ -175,7 +180,7 @@ def check_input_dict(inputs, names, model_name, config=None):
         ValueError: not a dict, missing or unknown keys (HuggingFace names get
             their kbert name), an input not of rank 2, inputs whose shapes
             differ (`segment_ids`/`padding_mask` vs `token_ids`, the batch of
-            `masked_lm_positions`), or a sequence longer than
+            `masked_lm_positions`), or a sequence of length 0 or longer than
             `max_position_embeddings`.
         TypeError: `token_ids`/`segment_ids`/`masked_lm_positions` of a
             non-integer dtype (Keras would silently truncate floats), a
@@ -214,8 +219,8 @@ def check_input_spec(x_spec, names, model_name, config=None, where=DATASET_YIELD
 
     Raises:
         ValueError: not a dict, missing or unknown keys, a static rank other
-            than 2, static shapes that differ, or a static length above
-            `max_position_embeddings`.
+            than 2, static shapes that differ, or a static length of 0 or
+            above `max_position_embeddings`.
         TypeError: ids of a non-integer dtype (the error names the key).
     """
     _check_keys(x_spec, names, model_name, where)
@@ -238,9 +243,10 @@ class BertInputsModel(keras.Model):
 
     `__call__`, `predict`, `evaluate`, `fit`, `predict_on_batch`,
     `train_on_batch` and `test_on_batch` all run `check_input_dict` on host
-    inputs (keys, integer ids, rank-2 shapes that agree, length <=
+    inputs (keys, integer ids, rank-2 shapes that agree, 1 <= length <=
     `max_position_embeddings`, ids in range) before Keras converts them
-    (before, `predict` silently truncated float ids). A `tf.data.Dataset`
+    (before, `predict` silently truncated float ids); `fit`, `evaluate` and
+    `predict` also refuse host data of 0 examples. A `tf.data.Dataset`
     (also `validation_data`) is checked through its `element_spec` up front;
     generators and `keras.utils.PyDataset`s, whose batches cannot be seen
     without consuming them, are checked batch by batch in the train, test
@@ -259,8 +265,19 @@ class BertInputsModel(keras.Model):
     def _check_inputs(self, inputs):
         check_input_dict(inputs, self.input_names, type(self).__name__, self._input_config())
 
-    def _check_data(self, data):
-        """Checks `x` of fit/evaluate/predict data: host arrays fully, datasets by their spec."""
+    def _check_data(self, data, whole=False):
+        """Checks `x` of fit/evaluate/predict data: host arrays fully, datasets by their spec.
+
+        Args:
+            data: the `x` (or `validation_data`) argument.
+            whole: bool, `data` is a whole data set (fit/evaluate/predict),
+                which must hold at least one example.
+
+        Raises:
+            ValueError, TypeError: see `check_input_dict`; with `whole`,
+                host inputs of batch size 0 ("holds 0 examples": Keras
+                would fail inside its loop with an UnboundLocalError).
+        """
         if data is None:
             return
         spec = getattr(data, "element_spec", None)
@@ -271,6 +288,12 @@ class BertInputsModel(keras.Model):
         x = _x_of(data)
         if isinstance(x, dict):
             self._check_inputs(x)
+            shape = _static_shape(x["token_ids"])
+            if whole and shape and shape[0] == 0:
+                raise ValueError(
+                    f"The data given to {type(self).__name__} holds 0 examples (`token_ids` of "
+                    f"shape {shape}); pass at least one."
+                )
 
     def _check_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -294,18 +317,18 @@ class BertInputsModel(keras.Model):
         return super().predict_step(data)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        self._check_data(x)
+        self._check_data(x, whole=True)
         bound = inspect.signature(keras.Model.fit).bind_partial(self, x, y, *args, **kwargs)
-        self._check_data(bound.arguments.get("validation_data"))
+        self._check_data(bound.arguments.get("validation_data"), whole=True)
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation, checked by fit
-            self._check_data(x)
+            self._check_data(x, whole=True)
         return super().evaluate(x, y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
-        self._check_data(x)
+        self._check_data(x, whole=True)
         return super().predict(x, *args, **kwargs)
 
     def predict_on_batch(self, x):

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from kbert.models.bert_encoder import INPUT_NAMES
-from kbert.text.bert_packer import BertPacker
+from kbert.text.bert_packer import BertPacker, min_sequence_length
+from kbert.text.vocabulary import load_vocabulary
 
 TEXT_SIGNATURE = "serving_default"
 TOKEN_IDS_SIGNATURE = "serving_token_ids"
@@ -69,13 +70,18 @@ def check_sequence_length(model, sequence_length):
         sequence_length: int.
 
     Raises:
-        ValueError: `sequence_length` not an int >= 2 or above the encoder's
-            `max_position_embeddings`.
+        ValueError: `sequence_length` not an int >= 3 (`[CLS]`, at least one
+            token and `[SEP]`, as `BertPacker` requires) or above the
+            encoder's `max_position_embeddings`.
     """
     limit = _bert_config(model).max_position_embeddings
+    minimum = min_sequence_length(1)
     if isinstance(sequence_length, bool) or not isinstance(sequence_length, numbers.Integral) \
-            or sequence_length < 2:
-        raise ValueError(f"sequence_length={sequence_length!r} must be an int >= 2 ([CLS] and [SEP]).")
+            or sequence_length < minimum:
+        raise ValueError(
+            f"sequence_length={sequence_length!r} must be an int >= {minimum} "
+            "([CLS], at least one token and [SEP])."
+        )
     if sequence_length > limit:
         raise ValueError(
             f"sequence_length={sequence_length} exceeds max_position_embeddings={limit}."
@@ -211,7 +217,7 @@ def check_token_ids_batch(config, token_ids, segment_ids, padding_mask):
         tf.errors.InvalidArgumentError (at run time), naming the input and
             what was expected: an input not of rank 2, `segment_ids` or
             `padding_mask` of another shape than `token_ids`, a sequence
-            longer than `max_position_embeddings`; for int64 requests also
+            of length 0 or longer than `max_position_embeddings`; for int64 requests also
             ids outside `[0, vocab_size)` / `[0, type_vocab_size)` (checked
             before the cast to int32, which would wrap them; int32 ids are
             range-checked by `BertEmbeddings`).
@@ -233,6 +239,9 @@ def check_token_ids_batch(config, token_ids, segment_ids, padding_mask):
     limit = config.max_position_embeddings
     too_long = f"`token_ids` must have sequence length <= max_position_embeddings={limit}; received shape"
     checks.append(tf.debugging.Assert(shape[1] <= limit, [too_long, shape]))
+    empty = ("`token_ids` must be ids of shape (batch_size, sequence_length) with "
+             "sequence_length >= 1; received shape")
+    checks.append(tf.debugging.Assert(shape[1] >= 1, [empty, shape]))
     if checked["token_ids"].dtype != tf.int32:
         for name, size, field in (("token_ids", config.vocab_size, "vocab_size"),
                                   ("segment_ids", config.type_vocab_size, "type_vocab_size")):
@@ -364,7 +373,8 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
     Requests are checked in the graph and refused with
     `tf.errors.InvalidArgumentError` naming the input: text that is not a
     1-D batch of strings (a scalar, a matrix), ids not of rank 2, ids whose
-    shapes differ, a length above `max_position_embeddings`, ids out of range.
+    shapes differ, a length of 0 or above `max_position_embeddings`, ids out
+    of range.
     The vocabulary is copied into `assets/`, and the tokenizer's model is a
     constant of the graph, so the folder works after being moved and after the
     original vocabulary is deleted. Each weight is stored once
@@ -385,10 +395,12 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         str, the path `export_base/version`.
 
     Raises:
-        ValueError: `sequence_length` above the encoder's
+        ValueError: `sequence_length` below 3 or above the encoder's
             `max_position_embeddings`, `version < 1`, an existing version
-            folder, or a vocabulary that does not match the tokenizer (all
-            before anything is written).
+            folder, or a `vocab_path` that is not the tokenizer's vocabulary
+            (both sizes named; see `check_vocabulary_file`), all before
+            anything is written.
+        FileNotFoundError, IsADirectoryError: an unreadable `vocab_path`.
     """
     config = encoder.bert_config
     path = os.path.join(export_base, str(version))
@@ -406,6 +418,26 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
     archive = text_model_archive(encoder, tokenizer, vocab_path, sequence_length, encode,
                                  with_padding_mask=True)
     return write_archive(archive, path)
+
+
+def check_vocabulary_file(tokenizer, vocab_path):
+    """Checks that `vocab_path` holds exactly the tokenizer's vocabulary.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, ValueError: an unreadable
+            `vocab_path` (see `load_vocabulary`).
+        ValueError: another vocabulary, naming the file and both sizes (and,
+            for equal sizes, the first id whose token differs).
+    """
+    tokens = load_vocabulary(vocab_path)
+    expected = list(tokenizer.vocabulary)
+    if tokens == expected:
+        return
+    detail = f"the file has {len(tokens)} tokens, the tokenizer {len(expected)}"
+    if len(tokens) == len(expected):
+        i = next(i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b)
+        detail += f" (id {i} is {tokens[i]!r} in the file, {expected[i]!r} in the tokenizer)"
+    raise ValueError(f"{vocab_path} is not the vocabulary the tokenizer was built from: {detail}.")
 
 
 def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
@@ -431,7 +463,15 @@ def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
 
     Returns:
         `keras.export.ExportArchive`, ready for `write_archive`.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, ValueError: an unreadable
+            `vocab_path` (see `load_vocabulary`).
+        ValueError: `vocab_path` is not the tokenizer's vocabulary (its
+            size and the tokenizer's named; the `serving_wordpieces`
+            signature would read the wrong tokens, or b'' past its end).
     """
+    check_vocabulary_file(tokenizer, vocab_path)
     special = tokenizer.special_token_ids
     packer = BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
     vocabulary = _VocabularyTable(vocab_path)

@@ -70,7 +70,7 @@ def check_tflite_target(model, sequence_length, batch_size=1):
         batch_size: int, the fixed batch size.
 
     Raises:
-        ValueError: `sequence_length` not an int in [2, max_position_embeddings],
+        ValueError: `sequence_length` not an int in [3, max_position_embeddings],
             or `batch_size` not an int >= 1.
     """
     check_sequence_length(model, sequence_length)
@@ -116,13 +116,67 @@ def convert_to_tflite(model, function, input_signature, signature, path):
     return flatbuffer
 
 
-def check_tflite_inputs(path, input_details, features, names=None, any_batch=False):
-    """Checks host features against a TFLite signature's fixed input shapes, before invoking.
+# Ops that carry ids on unchanged in value (or re-index negative ones) between
+# a TFLite input and the GATHER that reads an embedding table with them.
+_ID_PASSTHROUGH_OPS = {"CAST", "ADD", "SELECT", "SELECT_V2", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
+                       "IDENTITY"}
+
+
+def id_table_sizes(path):
+    """The number of rows of the embedding table each input of a TFLite file indexes.
+
+    Follows each graph input through ops that pass ids on (casts, the
+    `x < 0 ? x + n : x` re-indexing of Keras' `take`) to the `GATHER` whose
+    indices they are; the table's first dimension is the bound.
+
+    Args:
+        path: str, the `.tflite` file.
+
+    Returns:
+        dict input tensor index -> int rows, for the inputs that index a
+        table (empty when the file's ops cannot be read).
+    """
+    try:
+        interpreter = tf.lite.Interpreter(model_path=path)
+        ops = interpreter._get_ops_details()
+        shapes = {t["index"]: tuple(t["shape"]) for t in interpreter.get_tensor_details()}
+        inputs = [detail["index"] for detail in interpreter.get_input_details()]
+    except (AttributeError, ValueError, RuntimeError):
+        return {}
+    sizes = {}
+    for index in inputs:
+        reached, frontier = {index}, [index]
+        while frontier and index not in sizes:
+            tensor = frontier.pop()
+            for op in ops:
+                operands = list(op["inputs"])
+                if tensor not in operands:
+                    continue
+                if op["op_name"] == "GATHER" and operands.index(tensor) == 1:
+                    table = shapes.get(operands[0])
+                    if table:
+                        sizes[index] = int(table[0])
+                        break
+                elif op["op_name"] in _ID_PASSTHROUGH_OPS:
+                    new = [out for out in op["outputs"] if out not in reached]
+                    reached.update(new)
+                    frontier.extend(new)
+    return sizes
+
+
+def check_tflite_inputs(path, input_details, features, names=None, any_batch=False,
+                        id_limits=None):
+    """Checks host features against a TFLite signature's inputs, before invoking.
 
     A TFLite file has the shapes it was exported with; the signature runner
     would resize its inputs to whatever it is given, and XNNPack then fails
     with an opaque "failed to reshape" error. This check says instead what
-    the file accepts.
+    the file accepts. A TFLite graph has no assert ops either: a negative id
+    silently reads another row of the embedding table (Keras' `take` wraps
+    it) and an id past the table fails with "gather index out of bounds", so
+    ids are range-checked here: negative ids always, and ids at or above the
+    size of the table the input indexes (`id_limits`, else read from the
+    file by `id_table_sizes`).
 
     Args:
         path: str, the `.tflite` file (named in the errors).
@@ -132,19 +186,29 @@ def check_tflite_inputs(path, input_details, features, names=None, any_batch=Fal
             order to check them (default: the file's names, sorted).
         any_batch: bool, accept any batch size (for runners that feed the
             rows one by one); the other dimensions must match.
+        id_limits: optional dict key of `features` -> int, the exclusive
+            upper bound of its ids (e.g. `{"token_ids": vocab_size}`);
+            default: the embedding table sizes found in the file.
 
     Returns:
         dict file input name -> array of the file's dtype.
 
     Raises:
-        ValueError: a missing input, or an input whose shape is not the
-            file's (both shapes, and the file's batch size and length, named).
+        ValueError: a missing input, an input whose shape is not the
+            file's (both shapes, and the file's batch size and length, named),
+            or a negative id or one >= its table size (the input, the value,
+            its position and the bound named).
         TypeError: ids of a non-integer dtype.
     """
     names = names or {name: name for name in sorted(input_details)}
     missing = [key for key in names.values() if key not in features]
     if missing:
         raise ValueError(f"{path} takes inputs {sorted(names.values())}; missing {missing}.")
+    if id_limits is None:
+        sizes = id_table_sizes(path)
+        id_limits = {key: sizes[input_details[file_name]["index"]]
+                     for file_name, key in names.items()
+                     if input_details[file_name]["index"] in sizes}
     arrays = {}
     for file_name, key in names.items():
         detail = input_details[file_name]
@@ -163,8 +227,25 @@ def check_tflite_inputs(path, input_details, features, names=None, any_batch=Fal
                 f"fixed when it was exported); received shape {shape}. Pad or truncate the "
                 "inputs to that length, or export a file of the length you need."
             )
+        if key != "padding_mask":
+            _check_ids(path, key, array, id_limits.get(key))
         arrays[file_name] = array.astype(detail["dtype"])
     return arrays
+
+
+def _check_ids(path, key, array, limit):
+    """Raises ValueError for a negative id in `array`, or one >= `limit` (when known)."""
+    bad = np.argwhere(array < 0)
+    if not bad.size and limit is not None:
+        bad = np.argwhere(array >= limit)
+    if not bad.size:
+        return
+    position = tuple(int(i) for i in bad[0])
+    bound = f"in [0, {limit}) (the rows of its embedding table)" if limit is not None else ">= 0"
+    raise ValueError(
+        f"{path} takes `{key}` ids {bound}; received {int(array[position])} at index "
+        f"{position}. A TFLite file does not check ids itself."
+    )
 
 
 def run_tflite(path, features):
@@ -178,9 +259,13 @@ def run_tflite(path, features):
     Returns:
         dict of float32 `pooled_output`, `sequence_output`.
 
+    Each call uses a fresh interpreter, so the error text of a failed call
+    (TFLite's error reporter accumulates it) never shows up in the next.
+
     Raises:
-        ValueError: features of another shape than the file's (see
-            `check_tflite_inputs`), or a missing input.
+        ValueError: features of another shape than the file's, negative ids
+            or ids past the embedding tables (see `check_tflite_inputs`), or
+            a missing input.
         TypeError: non-integer ids.
     """
     interpreter = tf.lite.Interpreter(model_path=path)
@@ -197,7 +282,8 @@ def verify_tflite(path, encoder, features, atol=1e-4):
         real-token rows of `sequence_output`.
 
     Raises:
-        ValueError: features of another shape than the file's.
+        ValueError: features of another shape than the file's, or ids out
+            of range (see `check_tflite_inputs`).
         ExportVerificationError: a difference above `atol`.
     """
     actual = run_tflite(path, features)

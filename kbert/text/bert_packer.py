@@ -8,6 +8,15 @@ import tensorflow_text as tf_text
 PADDING_MODES = ("max_length", "longest")
 
 
+def min_sequence_length(num_segments):
+    """The shortest packed length that keeps a token of each of `num_segments` segments.
+
+    `[CLS]` and a `[SEP]` per segment, plus one token per segment: 3 for one
+    segment, 5 for a pair.
+    """
+    return 2 * num_segments + 1
+
+
 @keras.saving.register_keras_serializable(package="kbert")
 class BertPacker(keras.layers.Layer):
     """Builds `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` inputs of a fixed length.
@@ -22,7 +31,9 @@ class BertPacker(keras.layers.Layer):
     Args:
         sequence_length: int, length of every packed row (with
             `padding="max_length"`), or the longest allowed row (with
-            `padding="longest"`).
+            `padding="longest"`): at least one token per segment and the
+            special tokens, so >= 3 (`[CLS] A [SEP]`), and >= 5 when called
+            on two segments (`[CLS] A [SEP] B [SEP]`).
         cls_id, sep_id, pad_id: int ids of `[CLS]`, `[SEP]`, `[PAD]`.
         padding: "max_length" (default) pads every row to `sequence_length`;
             "longest" pads to the longest row of the call's batch (at most
@@ -41,9 +52,11 @@ class BertPacker(keras.layers.Layer):
         `[SEP]`), `padding_mask` (1 real, 0 padding).
 
     Raises:
-        ValueError: `sequence_length` too short for the special tokens, more
-            than two segments, segments that are not ragged rank 2, or an
-            unknown `padding`.
+        ValueError: `sequence_length` not an int >= 3 (at construction) or
+            below 5 for two segments (at call time), both naming the value
+            and the minimum (shorter rows would drop all text of a segment);
+            more than two segments, segments that are not ragged rank 2, or
+            an unknown `padding`.
     """
 
     def __init__(self, sequence_length, cls_id, sep_id, pad_id=0, padding="max_length", **kwargs):
@@ -55,9 +68,10 @@ class BertPacker(keras.layers.Layer):
         is_int = isinstance(sequence_length, (int, np.integer)) and not isinstance(
             sequence_length, bool
         )
-        if not is_int or sequence_length < 2:
+        if not is_int or sequence_length < min_sequence_length(1):
             raise ValueError(
-                f"`sequence_length` must be an int >= 2; received {sequence_length!r}."
+                f"`sequence_length` must be an int >= {min_sequence_length(1)} ([CLS], at least "
+                f"one token and [SEP]); received {sequence_length!r}."
             )
         self.sequence_length = int(sequence_length)
         self.padding = padding
@@ -88,10 +102,12 @@ class BertPacker(keras.layers.Layer):
         segments = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if not 1 <= len(segments) <= 2:
             raise ValueError(f"BertPacker takes one or two segments; received {len(segments)}.")
-        if self.sequence_length < len(segments) + 1:
+        minimum = min_sequence_length(len(segments))
+        if self.sequence_length < minimum:
             raise ValueError(
-                f"sequence_length={self.sequence_length} leaves no room for "
-                f"{len(segments)} segments and their {len(segments) + 1} special tokens."
+                f"sequence_length={self.sequence_length} is too short for {len(segments)} "
+                f"segments: it must be >= {minimum} (their {len(segments) + 1} special tokens "
+                "and at least one token per segment)."
             )
         for i, segment in enumerate(segments):
             if not isinstance(segment, tf.RaggedTensor) or segment.shape.rank != 2:

@@ -22,8 +22,9 @@ class BertTextPreprocessor(keras.layers.Layer):
 
     Args:
         tokenizer: a `kbert.text.BertTokenizer`.
-        sequence_length: int >= 3, the packed length (or the longest row with
-            `padding="longest"`).
+        sequence_length: int >= 3 (>= 5 for `(text, text_pair)`: room for
+            one token of each segment), the packed length (or the longest row
+            with `padding="longest"`).
         padding: "max_length" (pad every row to `sequence_length`) or
             "longest" (pad to the longest row of the batch).
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -40,7 +41,8 @@ class BertTextPreprocessor(keras.layers.Layer):
 
     Raises:
         ValueError: `tokenizer` is not a `BertTokenizer`, a bad
-            `sequence_length`/`padding` (see `BertPacker`), more than two
+            `sequence_length`/`padding` (see `BertPacker`: below 3 at
+            construction, below 5 when called on pairs), more than two
             segments, or segments of different batch sizes.
         TypeError: text that is not a string tensor.
     """

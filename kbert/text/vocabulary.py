@@ -19,16 +19,24 @@ def load_vocabulary(vocabulary):
         list of str.
 
     Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the vocabulary is empty, holds duplicates or empty tokens,
-            or lacks one of `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]`.
+        FileNotFoundError: the path does not exist (named).
+        IsADirectoryError: the path is a folder (named).
+        ValueError: a file that is not UTF-8 ("PATH:LINE: not UTF-8 (byte
+            0x.. at column N)"); a vocabulary that is empty, holds duplicates
+            or empty tokens, or lacks one of `[PAD]`, `[UNK]`, `[CLS]`,
+            `[SEP]`, `[MASK]` (which `BertTokenizer` and the packers need),
+            each naming the file (or "the vocabulary list").
     """
     if isinstance(vocabulary, (str, os.PathLike)):
         path = os.fspath(vocabulary)
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"Vocabulary file not found: {path}")
-        with tf.io.gfile.GFile(path, "r") as f:
-            tokens = f.read().splitlines()
+        text = _read_vocabulary_file(path)
+        # Lines end at "\n" only (as for `tf.lookup.TextFileInitializer`,
+        # which reads the same file into SavedModel exports); `str.splitlines`
+        # would also split at "\x85", "\u2028" and other characters that can
+        # be tokens.
+        tokens = [line.removesuffix("\r") for line in text.split("\n")]
+        if tokens and not tokens[-1]:
+            tokens.pop()
         source = path
     elif isinstance(vocabulary, (list, tuple)):
         tokens = list(vocabulary)
@@ -58,6 +66,33 @@ def load_vocabulary(vocabulary):
             f"{list(SPECIAL_TOKENS)}."
         )
     return tokens
+
+
+def _read_vocabulary_file(path):
+    """The UTF-8 text of a `vocab.txt` (local or a `tf.io.gfile` URL such as gs://).
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: naming the path.
+        ValueError: bytes that are not UTF-8, naming the file, line and byte.
+    """
+    if "://" not in path:
+        # Imported here: `kbert.data` imports `kbert.text`.
+        from kbert.data.files import read_text
+
+        return read_text(path)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"No such file: {path}")
+    if tf.io.gfile.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; expected a file.")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8."
+        ) from None
 
 
 def write_vocabulary(tokens, path):
