@@ -207,3 +207,11 @@ def test_classifier_tflite_length_checked_and_written_atomically(exports, tokeni
         export_classifier_tflite(model, path, sequence_length=8)
     monkeypatch.undo()
     assert Path(path).read_bytes() == before and os.listdir(tmp_path) == ["classifier.tflite"]
+
+
+def test_classifier_export_refuses_repeated_labels(exports, tokenizer, tmp_path):
+    model, _ = exports["classifier"]
+    with pytest.raises(ValueError, match=r"names \['a'\] more than once"):
+        export_classifier_saved_model(model, tokenizer, str(tmp_path / "m"), ["a", "a"],
+                                      sequence_length=LENGTH)
+    assert not (tmp_path / "m").exists()

@@ -89,6 +89,11 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
         raise ValueError(
             f"label_list {label_list} must name the model's {model.num_classes} classes."
         )
+    if not regression:
+        names = [str(x) for x in label_list]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"label_list {label_list} names {repeated} more than once.")
     if num_segments not in (1, 2):
         raise ValueError(f"num_segments={num_segments} must be 1 or 2.")
     path = os.path.join(export_base, str(version))
