@@ -194,7 +194,7 @@ def test_export_validates_before_writing(encoder, uncased_tokenizer, uncased_voc
     with pytest.raises(ValueError, match="exists; export to a new version"):
         export_saved_model(encoder, uncased_tokenizer, uncased_vocab, str(base), sequence_length=16)
     for bad, message in ((65, "sequence_length=65 exceeds max_position_embeddings=64"),
-                         (1, r"sequence_length=1 must be an int >= 2")):
+                         (1, r"sequence_length=1 must be an int >= 3")):
         with pytest.raises(ValueError, match=message):
             export_saved_model(encoder, uncased_tokenizer, uncased_vocab, str(base), bad, version=2)
         with pytest.raises(ValueError, match=message):

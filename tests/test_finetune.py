@@ -156,7 +156,7 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
                            match=r"`text` must be a batch of strings of shape \(batch_size,\)"):
             run_saved_model_in_fresh_process(path, {"text": bad})
     # TFLite: MediaPipe/Task Library input names, float32 probabilities.
-    interpreter = tf.lite.Interpreter(model_path=str(model_dir / "export" / "classifier.tflite"))
+    interpreter = tf.lite.Interpreter(model_path=str(model_dir / "export" / "classifier_v1.tflite"))
     runner = interpreter.get_signature_runner("serving_default")
     assert set(runner.get_input_details()) == {"ids", "mask", "segment_ids"}
     row = runner(ids=features["token_ids"].numpy()[:1], mask=features["padding_mask"].numpy()[:1],

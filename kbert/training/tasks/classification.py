@@ -105,7 +105,8 @@ class ClassificationTask:
         """Writes the SavedModel (next free version) and the TFLite file; checks both.
 
         Layout: `export_dir/saved_model/classifier/VERSION/` and
-        `export_dir/classifier.tflite` (float32, inputs `ids`, `mask`,
+        `export_dir/classifier_vVERSION.tflite` (same VERSION, so a rerun
+        never replaces an earlier file; float32, inputs `ids`, `mask`,
         `segment_ids` of length `sequence_length`). Both are compared with
         `model` on the first `max_checked` evaluation examples (see
         `kbert.serving.verify_classifier_exports`).
@@ -119,11 +120,14 @@ class ClassificationTask:
         from kbert import serving
 
         base = os.path.join(export_dir, "saved_model", "classifier")
+        version = next_version(base)
+        tflite = os.path.join(export_dir, f"classifier_v{version}.tflite")
+        if os.path.exists(tflite):
+            raise FileExistsError(f"{tflite} exists; remove it to export version {version}.")
         saved_model = serving.export_classifier_saved_model(
             model, tokenizer, base, self.label_list, sequence_length,
-            num_segments=len(self.text_columns), version=next_version(base),
+            num_segments=len(self.text_columns), version=version,
         )
-        tflite = os.path.join(export_dir, "classifier.tflite")
         serving.export_classifier_tflite(model, tflite, sequence_length)
         texts = self.eval.texts
         report = serving.verify_classifier_exports(
