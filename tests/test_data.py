@@ -63,7 +63,11 @@ def test_shapes_and_nsp_balance(batches):
     assert abs(labels.mean() - 0.5) < 0.06, labels.mean()
 
 
-def test_same_seed_same_batches(wikitext_valid, uncased_tokenizer):
+def test_same_seed_same_batches(wikitext_valid, uncased_tokenizer, tmp_path):
+    corpus = tmp_path / "corpus.txt"  # the first 400 lines: enough for 3 batches of 16
+    with open(wikitext_valid, encoding="utf-8") as f:
+        corpus.write_text("".join(f.readlines()[:400]), encoding="utf-8")
+    wikitext_valid = str(corpus)
     config = PretrainingDataConfig(sequence_length=64, max_predictions_per_seq=10, seed=3)
     first = [build_pretraining_dataset(wikitext_valid, uncased_tokenizer, config, 16).skip(2)
              for _ in range(2)]

@@ -173,6 +173,7 @@ def test_pretrain_resumes_after_kill(tmp_path, wikitext_valid, uncased_vocab):
     assert (model_dir / "bert_config.json").read_text() == config_before
 
 
+@pytest.mark.slow  # the interval arithmetic: test_pretrain_program.test_fit_intervals_*
 def test_pretrain_checkpoint_interval_need_not_divide_train_steps(tmp_path):
     # 9 steps, a checkpoint every 4: intervals of 4, 4 and 1, a checkpoint after each.
     model_dir = tmp_path / "run"
