@@ -13,7 +13,7 @@ from kbert.models import (
     BertSpanLabeler,
     BertTokenClassifier,
 )
-from kbert.models.bert_encoder import InvalidIdsError
+from kbert.models.input_checks import InvalidIdsError
 
 TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
             "intermediate_size": 64, "max_position_embeddings": 64}

@@ -2,7 +2,8 @@
 
 from kbert.models.bert_classifier import BertClassifier
 from kbert.models.bert_config import BertConfig
-from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, InvalidIdsError
+from kbert.models.bert_encoder import BertEncoder
+from kbert.models.input_checks import INPUT_NAMES, InvalidIdsError
 from kbert.models.bert_pretrainer import BertPretrainer
 from kbert.models.bert_span_labeler import BertSpanLabeler
 from kbert.models.bert_text_embedder import BertTextEmbedder

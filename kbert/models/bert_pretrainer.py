@@ -4,12 +4,8 @@
 import keras
 
 from kbert.layers.masked_lm_head import MaskedLMHead
-from kbert.models.bert_encoder import (
-    INPUT_NAMES,
-    POSITIONS_NAME,
-    BertEncoder,
-    BertInputsModel,
-)
+from kbert.models.bert_encoder import BertEncoder
+from kbert.models.input_checks import INPUT_NAMES, POSITIONS_NAME, BertInputsModel
 
 
 @keras.saving.register_keras_serializable(package="kbert")

@@ -2,7 +2,8 @@
 
 import keras
 
-from kbert.models.bert_encoder import INPUT_NAMES, BertEncoder, BertInputsModel
+from kbert.models.bert_encoder import BertEncoder
+from kbert.models.input_checks import INPUT_NAMES, BertInputsModel
 
 
 class BertTaskModel(BertInputsModel):

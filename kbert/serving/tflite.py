@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kbert.models.bert_encoder import INPUT_NAMES
+from kbert.models.input_checks import INPUT_NAMES
 from kbert.serving.saved_model import (
     atomic_output,
     check_sequence_length,
