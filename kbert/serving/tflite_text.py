@@ -1,0 +1,505 @@
+"""String-input TFLite: the WordPiece tokenizer and the packer inside the file.
+
+A phone app hands the file raw text; the file tokenizes it with
+tensorflow-text's TFLite kernels (`FastBertNormalize`,
+`FastWordpieceTokenizeWithOffsets`, registered by
+`tensorflow_text.tflite_registrar` in Python and by tensorflow-text's
+`fast_bert_normalizer_tflite` / `fast_wordpiece_tokenizer_tflite` libraries
+on a device), packs `[CLS] text [SEP]` (or `[CLS] text [SEP] text_pair [SEP]`)
+to a fixed length with plain TFLite builtin ops, and runs the model. No Flex
+(select TensorFlow) ops: the only custom ops are those two.
+
+The packing is written densely on the tokenizer's flat ids and row splits
+(`pack_dense`): tensorflow-text's ragged `combine_segments` and
+`RoundRobinTrimmer` convert to a `RaggedGather` / `RoundRobinTrim` custom op
+that the registrar either lacks or that the converter cannot lower.
+
+On-device normalisation is `FastBertTokenizer`'s own
+(`lower_case_nfd_strip_accents=True` for uncased vocabularies, none for cased
+ones), which applies NFKC case folding; kbert's `BertTokenizer` normalises
+with separate TensorFlow ops instead (BERT's exact rules; not TFLite ops).
+The two give other ids on the characters listed in
+`docs/tflite_tokenizer_differences.md` and on control characters (kbert
+deletes them, the device op splits words there); `tokenizer_differences`
+finds them in given texts, and `verify_text_tflite` accepts id differences
+only on texts that contain them.
+"""
+
+import os
+import tempfile
+import unicodedata
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from kbert.models import BertClassifier, BertEncoder
+from kbert.serving.classifier_export import _head_outputs
+from kbert.serving.saved_model import (
+    ExportVerificationError,
+    atomic_output,
+    compare_outputs,
+    new_export_archive,
+)
+from kbert.serving.tflite import check_tflite_target
+from kbert.text.bert_packer import min_sequence_length
+from kbert.text.bert_text_preprocessor import BertTextPreprocessor
+from kbert.text.bert_tokenizer import MAX_BYTES_PER_WORD
+
+SIGNATURE = "serving_default"
+TEXT_INPUT_NAMES = ("text", "text_pair")
+# The custom ops of a string-input file, and the tensorflow-text registrar
+# functions that add their kernels to a TFLite op resolver.
+CUSTOM_OPS = {
+    "FastBertNormalize": "AddFastBertNormalize",
+    "FastWordpieceTokenizeWithOffsets": "AddFastWordpieceTokenize",
+}
+_PACKED_NAMES = ("token_ids", "segment_ids", "padding_mask")
+# Rows run through the interpreter (and the Keras reference) at a time.
+_CHUNK = 64
+
+
+def device_tokenizer(tokenizer):
+    """The TFLite-ready `tensorflow_text.FastBertTokenizer` for a kbert tokenizer.
+
+    Same vocabulary, `[UNK]` and longest word (`MAX_BYTES_PER_WORD` bytes) as
+    `tokenizer`, with the op's built-in normalisation: lower-case + NFD +
+    accent stripping (with NFKC case folding) when `tokenizer.lowercase`,
+    else none. Control characters become word breaks.
+
+    Args:
+        tokenizer: `kbert.text.BertTokenizer`.
+
+    Returns:
+        `tensorflow_text.FastBertTokenizer` giving int32 ids.
+    """
+    return tf_text.FastBertTokenizer(
+        tokenizer.vocabulary,
+        token_out_type=tf.int32,
+        max_bytes_per_word=MAX_BYTES_PER_WORD,
+        unknown_token="[UNK]",
+        lower_case_nfd_strip_accents=tokenizer.lowercase,
+    )
+
+
+def pack_dense(segments, sequence_length, cls_id, sep_id, pad_id=0):
+    """Packs one or two tokenized segments into BERT inputs with dense TF ops.
+
+    The result equals `kbert.text.BertPacker` (round-robin trimming, then
+    `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, padding) but uses only ops
+    with TFLite builtins (gather, where, min/max, compare), no ragged ops.
+    Round-robin trimming of two segments of lengths `a`, `b` into a budget
+    `n` keeps `min(a, max(n - b, ceil(n / 2)))` pieces of A and the rest of
+    the budget (at most `b`) of B, as `tensorflow_text.RoundRobinTrimmer`.
+
+    Args:
+        segments: list of one or two `tf.RaggedTensor`s of int32 ids,
+            `(batch_size, None)`, with the same batch size.
+        sequence_length: int L, the packed length (>= 3, >= 5 for pairs).
+        cls_id, sep_id, pad_id: int ids of `[CLS]`, `[SEP]`, `[PAD]`.
+
+    Returns:
+        dict of int32 `(batch_size, L)` tensors `token_ids`, `segment_ids`,
+        `padding_mask`, and int32 `num_wordpieces` `(batch_size,)`: the
+        pieces of all segments before trimming (more than
+        `L - len(segments) - 1` means the text was cut).
+    """
+    lengths = [tf.cast(s.row_lengths(), tf.int32) for s in segments]
+    budget = sequence_length - len(segments) - 1
+    if len(segments) == 1:
+        kept = [tf.minimum(lengths[0], budget)]
+    else:
+        first = tf.minimum(lengths[0], tf.maximum(budget - lengths[1], (budget + 1) // 2))
+        kept = [first, tf.minimum(lengths[1], budget - first)]
+    j = tf.range(sequence_length, dtype=tf.int32)[tf.newaxis, :]  # [1, L]
+    token_ids = tf.where(j == 0, cls_id, pad_id)  # [B, L] once broadcast below
+    segment_ids = tf.zeros_like(j)
+    start = tf.ones_like(kept[0])[:, tf.newaxis]  # [B, 1], first piece after [CLS]
+    for index, (segment, count) in enumerate(zip(segments, kept)):
+        values = tf.concat([tf.cast(segment.flat_values, tf.int32), [pad_id]], 0)
+        row_starts = tf.cast(segment.row_splits[:-1], tf.int32)[:, tf.newaxis]
+        count = count[:, tf.newaxis]
+        inside = (j >= start) & (j < start + count)
+        # Positions outside the segment read the appended pad (never out of range).
+        source = tf.where(inside, row_starts + j - start, tf.shape(values)[0] - 1)
+        token_ids = tf.where(inside, tf.gather(values, source), token_ids)
+        token_ids = tf.where(j == start + count, sep_id, token_ids)
+        segment_ids = tf.where((j >= start) & (j <= start + count), index, segment_ids)
+        start = start + count + 1
+    padding_mask = tf.cast(j < start, tf.int32)
+    return {
+        "token_ids": token_ids,
+        "segment_ids": segment_ids,
+        "padding_mask": padding_mask,
+        "num_wordpieces": tf.add_n(lengths),
+    }
+
+
+def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments=1):
+    """Writes a TFLite file that takes raw text: tokenizer, packer and model inside.
+
+    Signature `serving_default`:
+      * inputs: tf.string `text` `(batch,)` (and `text_pair` `(batch,)`
+        with `num_segments=2`), UTF-8; any batch size (the file is
+        converted with a dynamic batch dimension; `run_text_tflite` resizes).
+      * outputs, every model: int32 `token_ids`, `segment_ids`,
+        `padding_mask` `(batch, sequence_length)` (the packed inputs, to see
+        what the model saw) and `num_wordpieces` `(batch,)` (pieces before
+        truncation: above `sequence_length - num_segments - 1`, the text was
+        cut).
+      * `BertEncoder`: float32 `pooled_output` `(batch, hidden_size)`,
+        `sequence_output` `(batch, sequence_length, hidden_size)`.
+      * `BertClassifier`: float32 `probabilities` `(batch, num_classes)`
+        (for regression, `score` `(batch,)`).
+    Text handling: empty text -> `[CLS] [SEP]`; a word with invalid UTF-8 ->
+    `[UNK]` (as kbert's `BertTokenizer`); special-looking text such as
+    "[MASK]" is ordinary text (`[`, `mask`, `]`), never a special id.
+    Ops: TFLite builtins plus the custom ops in `CUSTOM_OPS` (no Flex); the
+    file is loaded with those kernels registered before it is written, so a
+    file that needs any other op is never written. Written atomically
+    (`kbert.serving.saved_model.atomic_output`).
+
+    Args:
+        model: `kbert.models.BertEncoder` or `kbert.models.BertClassifier`
+            (float32 weights recommended).
+        tokenizer: the `kbert.text.BertTokenizer` of the model's vocabulary;
+            its `lowercase` selects the device normalisation.
+        path: str, the `.tflite` file to write.
+        sequence_length: int, the packed length L: >= 3 (>= 5 for pairs) and
+            <= `max_position_embeddings`.
+        num_segments: 1 (`text`) or 2 (`text`, `text_pair`).
+
+    Returns:
+        bytes, the flatbuffer (also written to `path`).
+
+    Raises:
+        ValueError: a model that is neither an encoder nor a classifier, a
+            tokenizer whose vocabulary size is not the model's, a bad
+            `num_segments` or `sequence_length` (all before anything is
+            written).
+        ExportVerificationError: the converted file needs an op outside the
+            TFLite builtins and `CUSTOM_OPS` (nothing is written).
+    """
+    if not isinstance(model, (BertEncoder, BertClassifier)):
+        raise ValueError(  # noqa: TRY004 (the documented error of a wrong argument)
+            "export_text_tflite takes a kbert BertEncoder or BertClassifier; received "
+            f"{type(model).__name__}."
+        )
+    if num_segments not in (1, 2):
+        raise ValueError(f"num_segments={num_segments!r} must be 1 or 2.")
+    check_tflite_target(model, sequence_length)
+    minimum = min_sequence_length(num_segments)
+    if sequence_length < minimum:
+        raise ValueError(
+            f"sequence_length={sequence_length} is too short for {num_segments} segments: "
+            f"it must be >= {minimum}."
+        )
+    encoder = getattr(model, "encoder", model)
+    if tokenizer.vocab_size != encoder.bert_config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{encoder.bert_config.vocab_size}."
+        )
+    wordpiece = device_tokenizer(tokenizer)
+    special = tokenizer.special_token_ids
+
+    def serve(*texts):
+        packed = pack_dense([wordpiece.tokenize(t) for t in texts], sequence_length,
+                            special["cls"], special["sep"], special["pad"])
+        features = {name: packed[name] for name in _PACKED_NAMES}
+        if isinstance(model, BertClassifier):
+            regression = model.num_classes == 1
+            head = _head_outputs(model, features, regression)
+            outputs = {"score": head["score"]} if regression else {
+                "probabilities": head["probabilities"]}
+        else:
+            outputs = {k: tf.cast(v, tf.float32)
+                       for k, v in model(features, training=False).items()}
+        outputs.update(packed)
+        return outputs
+
+    specs = [tf.TensorSpec([None], tf.string, name=name)
+             for name in TEXT_INPUT_NAMES[:num_segments]]
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = new_export_archive(model, wordpiece)
+        archive.add_endpoint(SIGNATURE, serve, input_signature=specs)
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            saved_model_dir, signature_keys=[SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.allow_custom_ops = True  # the tensorflow-text ops, checked below
+        flatbuffer = converter.convert()
+    _check_custom_ops(flatbuffer)
+    with atomic_output(path) as temporary, open(temporary, "wb") as f:
+        f.write(flatbuffer)
+        f.flush()
+        os.fsync(f.fileno())
+    return flatbuffer
+
+
+def text_tflite_interpreter(path=None, model_content=None):
+    """A LiteRT interpreter with tensorflow-text's kernels for `CUSTOM_OPS` registered.
+
+    Uses `ai_edge_litert.interpreter.InterpreterWithCustomOps` with the
+    registrar functions of `tensorflow_text.tflite_registrar`
+    (`AddFastBertNormalize`, `AddFastWordpieceTokenize`): each takes the
+    address of the interpreter's `tflite::MutableOpResolver` and adds the
+    op's kernel, which is how an app registers them too (in C++).
+
+    Args:
+        path: str, a `.tflite` file; or
+        model_content: bytes, a flatbuffer.
+
+    Returns:
+        `ai_edge_litert.interpreter.InterpreterWithCustomOps`.
+
+    Raises:
+        ImportError: `ai-edge-litert` is not installed.
+        ValueError / RuntimeError: the file needs an op that is neither a
+            TFLite builtin nor in `CUSTOM_OPS` ("unresolved custom op").
+    """
+    from ai_edge_litert import interpreter as litert
+
+    registerers = [getattr(tf_text.tflite_registrar, name) for name in CUSTOM_OPS.values()]
+    return litert.InterpreterWithCustomOps(
+        model_path=path, model_content=model_content, custom_op_registerers=registerers)
+
+
+def _check_custom_ops(flatbuffer):
+    """Raises ExportVerificationError if `flatbuffer` needs an op outside builtins + `CUSTOM_OPS`."""
+    try:
+        interpreter = text_tflite_interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as error:
+        raise ExportVerificationError(
+            "The string-input TFLite file needs ops outside the TFLite builtins and the "
+            f"tensorflow-text kernels {sorted(CUSTOM_OPS)}: {error}"
+        ) from error
+
+
+def file_custom_ops(path):
+    """The names of the custom (non-builtin) ops in a string-input TFLite file.
+
+    Returns:
+        sorted list of str, e.g. `["FastBertNormalize", "FastWordpieceTokenizeWithOffsets"]`.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.ModelT.InitFromPackedBuf(f.read(), 0)
+    return sorted({code.customCode.decode() for code in model.operatorCodes
+                   if code.customCode is not None})
+
+
+def _text_batch(name, texts):
+    """`texts` as a 1-D object array of UTF-8 bytes, or a clear error.
+
+    Raises:
+        ValueError: a single string instead of a batch, a batch that is not
+            1-D, or an empty batch.
+        TypeError: an element that is not str or bytes (its index and type named).
+    """
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(  # noqa: TRY004 (a rank-0 input: a shape error, as for arrays)
+            f"`{name}` must be a batch of strings (a list or 1-D array); received a single "
+            f"{type(texts).__name__}. Wrap it in a list."
+        )
+    array = np.asarray(texts, dtype=object) if not isinstance(texts, np.ndarray) else texts
+    if array.ndim != 1:
+        raise ValueError(
+            f"`{name}` must be a 1-D batch of strings, shape (batch_size,); received shape "
+            f"{array.shape}."
+        )
+    if not array.size:
+        raise ValueError(f"`{name}` must hold at least one string; received an empty batch.")
+    encoded = np.empty(array.shape, dtype=object)
+    for i, text in enumerate(array):
+        if isinstance(text, (str, np.str_)):
+            encoded[i] = str(text).encode("utf-8")
+        elif isinstance(text, (bytes, np.bytes_)):
+            encoded[i] = bytes(text)
+        else:
+            raise TypeError(
+                f"`{name}` must hold strings (str, or UTF-8 bytes); element {i} is "
+                f"{type(text).__name__} {text!r}."
+            )
+    return encoded
+
+
+def run_text_tflite(path, texts, text_pairs=None):
+    """Runs a file from `export_text_tflite` on raw text.
+
+    Inputs are bound by name through the signature runner. The batch is fed
+    in chunks of up to 64 rows (the file's batch dimension is dynamic; a
+    file with a fixed batch size is fed chunks of that size, one row at a
+    time for batch 1). Each call uses a fresh interpreter.
+
+    Args:
+        path: str, the `.tflite` file.
+        texts: list (or 1-D array) of str, or of bytes (sent as they are;
+            invalid UTF-8 gives `[UNK]` for the word it is in).
+        text_pairs: the second segments, same size, for a file exported with
+            `num_segments=2`; None otherwise.
+
+    Returns:
+        dict output name -> NumPy array with the batch first (see
+        `export_text_tflite`).
+
+    Raises:
+        ValueError: a single string, a batch that is not 1-D or is empty,
+            `text_pairs` given to a one-segment file (or missing for a pair
+            file), or batches of different sizes.
+        TypeError: an element that is not str or bytes.
+    """
+    runner = text_tflite_interpreter(path).get_signature_runner(SIGNATURE)
+    details = runner.get_input_details()
+    batches = {"text": _text_batch("texts", texts)}
+    if ("text_pair" in details) != (text_pairs is not None):
+        expected = "takes `text` and `text_pair`" if "text_pair" in details else "takes only `text`"
+        raise ValueError(
+            f"{path} {expected}; received {'no ' if text_pairs is None else ''}text_pairs.")
+    if text_pairs is not None:
+        batches["text_pair"] = _text_batch("text_pairs", text_pairs)
+        if len(batches["text_pair"]) != len(batches["text"]):
+            raise ValueError(
+                f"`texts` and `text_pairs` must have the same size; received "
+                f"{len(batches['text'])} and {len(batches['text_pair'])}.")
+    fixed = int(details["text"]["shape_signature"][0])
+    step = fixed if fixed > 0 else _CHUNK
+    results = []
+    for begin in range(0, len(batches["text"]), step):
+        chunk = {name: batch[begin:begin + step] for name, batch in batches.items()}
+        results.append(runner(**chunk))
+    return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+
+
+def tokenizer_differences(tokenizer, texts):
+    """The characters of each text on which the TFLite tokenizer may differ from `tokenizer`.
+
+    A character counts when it alone tokenizes differently with `tokenizer`
+    (kbert's `BertTokenizer`, BERT's exact normalisation) and with
+    `device_tokenizer(tokenizer)` (the op in a string-input file: NFKC case
+    folding when lower-casing; the characters of
+    `docs/tflite_tokenizer_differences.md`), or when it is a control
+    character other than tab, newline and return (kbert deletes it, joining
+    the letters around it; the device op splits the word there).
+
+    Args:
+        tokenizer: `kbert.text.BertTokenizer`.
+        texts: list of str or UTF-8 bytes (invalid bytes are skipped: both
+            tokenizers give `[UNK]` for them).
+
+    Returns:
+        list (one per text) of sorted lists of str characters; empty where
+        both tokenizers must agree.
+    """
+    strings = [t.decode("utf-8", "ignore") if isinstance(t, bytes) else str(t) for t in texts]
+    characters = sorted(set("".join(strings)))
+    differing = set()
+    if characters:
+        batch = tf.constant(characters)
+        ours = tokenizer(batch).to_list()
+        device = device_tokenizer(tokenizer).tokenize(batch).to_list()
+        differing = {c for c, a, b in zip(characters, ours, device) if a != b}
+        differing |= {c for c in characters
+                      if unicodedata.category(c) == "Cc" and c not in "\t\n\r"}
+    return [sorted(differing.intersection(s)) for s in strings]
+
+
+def verify_text_tflite(path, model, tokenizer, texts, text_pairs=None, atol=1e-4):
+    """Checks a string-input TFLite file against kbert's tokenizer and the Keras model.
+
+    Two comparisons:
+      1. ids: the file's `token_ids`, `segment_ids`, `padding_mask` and
+         `num_wordpieces` against kbert's `BertTokenizer` + `BertPacker`
+         (what the SavedModel's text signature computes) at the file's
+         length. A row may differ only if its text holds characters listed
+         by `tokenizer_differences`; such rows are reported.
+      2. outputs: the file's outputs against `model` run in Keras on the
+         file's own packed ids: `pooled_output` and real-token rows of
+         `sequence_output` (encoder) or `probabilities` / `score`
+         (classifier) within `atol`, and every predicted label equal.
+
+    Args:
+        path: str, a file from `export_text_tflite`.
+        model: the `BertEncoder` or `BertClassifier` that was exported.
+        tokenizer: its `BertTokenizer`.
+        texts: list of str (or bytes); `text_pairs` for a pair file.
+        atol: float, the largest allowed absolute difference.
+
+    Returns:
+        dict: `rows` (int), `max_abs_diff` (float), `label_agreement`
+        (float, classifiers), `id_differences` (list of
+        `(row, characters)` for rows whose ids differ from kbert's on
+        documented characters).
+
+    Raises:
+        ExportVerificationError: ids that differ on a row without such
+            characters (the first rows, their texts and both id rows named),
+            an output difference above `atol`, or a differing label.
+        ValueError, TypeError: bad `texts` (see `run_text_tflite`).
+    """
+    actual = run_text_tflite(path, texts, text_pairs)
+    length = actual["token_ids"].shape[1]
+    segments = [list(texts)] + ([list(text_pairs)] if text_pairs is not None else [])
+    preprocessor = BertTextPreprocessor(tokenizer, length)
+    expected_ids = {k: v.numpy() for k, v in preprocessor(
+        tuple(tf.constant(s) for s in segments) if len(segments) == 2
+        else tf.constant(segments[0])).items()}
+    expected_ids["num_wordpieces"] = sum(
+        tokenizer(tf.constant(s)).row_lengths().numpy() for s in segments)
+    differs = np.zeros(len(texts), dtype=bool)
+    for name, value in expected_ids.items():
+        differs |= (actual[name] != value).reshape(len(texts), -1).any(axis=1)
+    characters = [sorted(set().union(*c)) for c in zip(
+        *(tokenizer_differences(tokenizer, s) for s in segments))]
+    unexplained = [i for i in np.flatnonzero(differs) if not characters[i]]
+    if unexplained:
+        details = "; ".join(
+            f"row {i} {segments[0][i]!r}: file {actual['token_ids'][i].tolist()}, "
+            f"kbert {expected_ids['token_ids'][i].tolist()}" for i in unexplained[:3])
+        raise ExportVerificationError(
+            f"TFLite file {path} tokenizes {len(unexplained)} of {len(texts)} texts unlike "
+            f"kbert's BertTokenizer, with no documented character to explain it: {details}")
+    report = {"rows": len(texts),
+              "id_differences": [(int(i), characters[i]) for i in np.flatnonzero(differs)]}
+    features = {name: actual[name] for name in _PACKED_NAMES}
+    expected = _keras_outputs(model, features)
+    what = f"TFLite file {path}"
+    if isinstance(model, BertClassifier):
+        name = "score" if model.num_classes == 1 else "probabilities"
+        diff = float(np.abs(actual[name] - expected[name]).max())
+        report["max_abs_diff"] = diff
+        agreement = 1.0
+        if name == "probabilities":
+            agreement = float(np.mean(actual[name].argmax(-1) == expected[name].argmax(-1)))
+            report["label_agreement"] = agreement
+        if not diff <= atol or agreement < 1.0:
+            raise ExportVerificationError(
+                f"{what} differs from the Keras model: max abs difference {diff:.3g} "
+                f"(atol {atol}), label agreement {agreement:.4f}.")
+    else:
+        report["max_abs_diff"] = compare_outputs(actual, expected, features["padding_mask"],
+                                                 atol, what)
+    return report
+
+
+def _keras_outputs(model, features):
+    """`model`'s float32 NumPy outputs on packed features, `_CHUNK` rows at a time.
+
+    Returns:
+        dict: `pooled_output`, `sequence_output` (encoder), or
+        `probabilities` / `score` (classifier).
+    """
+    chunks = []
+    for begin in range(0, len(features["token_ids"]), _CHUNK):
+        rows = {k: v[begin:begin + _CHUNK] for k, v in features.items()}
+        if isinstance(model, BertClassifier):
+            outputs = _head_outputs(model, rows, model.num_classes == 1)
+            outputs.pop("logits", None)
+        else:
+            outputs = model(rows, training=False)
+        chunks.append({k: keras.ops.convert_to_numpy(v).astype(np.float32)
+                       for k, v in outputs.items()})
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
