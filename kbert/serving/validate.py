@@ -1,0 +1,627 @@
+"""One validator for every kbert export: each artifact run the way its consumer runs it.
+
+`validate_export(path, model)` finds the artifacts under `path` (TF Serving
+SavedModel folders and `.tflite` files), runs each in its own runtime and
+compares it with the Keras model it came from:
+
+* SavedModel: loaded in a fresh Python process (`import tensorflow_text`,
+  `tf.saved_model.load`), as TF Serving sees the folder: nothing of the
+  exporting process is available. Every request of its TF Serving warmup file
+  (`assets.extra/tf_serving_warmup_requests`) must run; `serving_token_ids` is
+  compared with the Keras model on the same ids (every float output; the
+  sequence output on real tokens), and `serving_default` on sample texts
+  (classifiers: probabilities and labels).
+* TFLite with int32 id inputs: the LiteRT interpreter (`ai_edge_litert`), the
+  runtime TFLite's own docs now point phones and Python to, inputs bound by
+  name through the signature runner. The recipe (float32, float16,
+  dynamic-range int8, integer) is read off the file's tensor types and sets
+  the tolerance (`TOLERANCES`).
+
+Each artifact gets a row: size, max abs difference, agreement (pooled-output
+cosine for encoders, label agreement for classifiers), median batch-1 latency
+over `runs` calls, and pass/fail. Tolerances follow issue 8: a SavedModel
+within 1e-5 of Keras, float32 TFLite within 1e-4, float16 and dynamic-range
+int8 pooled cosine >= 0.99 (labels >= 97%), integer recipes cosine >= 0.98.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+SAMPLE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "it 's a charming and often affecting journey .",
+    "A function returns a value; a generator yields values.",
+    "Naïve café owners in Zürich don't serve crème brûlée!",
+    "unflinchingly bleak and desperate",
+    "",
+)
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+# (max abs difference, min pooled/probability cosine, min label agreement) per artifact kind.
+TOLERANCES = {
+    "saved_model": (1e-5, None, 1.0),
+    "float32": (1e-4, None, 1.0),
+    "float16": (None, 0.99, 0.97),
+    "dynamic_int8": (None, 0.99, 0.97),
+    "integer": (None, 0.98, None),
+}
+
+
+class ValidationError(RuntimeError):
+    """An export could not be validated (no artifact, no reference model)."""
+
+
+@dataclasses.dataclass
+class ArtifactReport:
+    """One artifact's validation result (a row of `format_report`).
+
+    Attributes:
+        path: str, the artifact.
+        kind: str, e.g. "SavedModel encoder" or "TFLite classifier float16".
+        size_bytes: int, the file or folder size on disk.
+        max_abs_diff: float or None, the largest abs difference from Keras.
+        cosine: float or None, the smallest per-example cosine similarity of
+            the pooled output (encoders) or probabilities (classifiers).
+        label_agreement: float or None, fraction of labels equal to Keras'.
+        latency_ms: float, median batch-1 call time in milliseconds.
+        passed: bool.
+        problems: list of str, why it failed (empty when it passed).
+        notes: list of str (warmup requests run, recipe read from the file).
+    """
+
+    path: str
+    kind: str
+    size_bytes: int
+    max_abs_diff: float | None = None
+    cosine: float | None = None
+    label_agreement: float | None = None
+    latency_ms: float | None = None
+    passed: bool = True
+    problems: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def find_artifacts(path):
+    """The SavedModel folders and `.tflite` files at or under `path`, sorted.
+
+    Hidden folders (a staging `.export-partial-*` or `.NAME.partial-*`) are
+    skipped: they are not published artifacts.
+
+    Args:
+        path: str, an artifact or a folder holding artifacts (the output
+            folder of `export.export_bert`, a fine-tuning run's `export/`).
+
+    Returns:
+        list of (kind, path), kind "saved_model" or "tflite".
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist.")
+    if os.path.isfile(path):
+        return [("tflite", path)] if path.endswith(".tflite") else []
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "saved_model.pb" in files:
+            found.append(("saved_model", root))
+            dirs[:] = []
+            continue
+        found += [("tflite", os.path.join(root, f)) for f in sorted(files) if f.endswith(".tflite")]
+    return sorted(found, key=lambda item: item[1])
+
+
+def find_reference_model(path, levels=4):
+    """The Keras model an export came from, found beside it: for the CLI's default `--model`.
+
+    Looks in the folder of `path` and up to `levels` folders above for a
+    fine-tuning run's `model.keras` or a pretraining run's `encoder.keras`
+    (`trainers.finetune` exports into `RUN/export`, the README's
+    `export.export_bert` into `RUN/export`).
+
+    Returns:
+        str, the run folder or `.keras` file, or None when there is none.
+    """
+    folder = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+    for _ in range(levels + 1):
+        for name in ("model.keras", "encoder.keras"):
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return None
+
+
+def load_reference(source):
+    """Loads the Keras model and tokenizer to validate against.
+
+    Args:
+        source: a kbert `.keras` file (a task model's `model.keras`, or an
+            encoder), or any checkpoint `kbert.checkpoints.load` reads (its
+            encoder is the reference).
+
+    Returns:
+        (keras model, `kbert.text.BertTokenizer`), the tokenizer from the
+        vocabulary and `tokenizer_config.json` beside `source`.
+
+    Raises:
+        FileNotFoundError, ValueError: an unreadable source or vocabulary.
+    """
+    import keras
+
+    import kbert  # noqa: F401  (registers the classes .keras files name)
+    from kbert import checkpoints
+
+    if str(source).endswith(".keras") and os.path.isfile(source):
+        model = keras.saving.load_model(source, compile=False)
+    else:
+        model = checkpoints.load(source, dtype="float32")
+    return model, checkpoints.load_tokenizer(source)
+
+
+def reference_outputs(model, features):
+    """The Keras model's outputs under the names kbert's exports give them.
+
+    Args:
+        model: a kbert encoder or task model (float32).
+        features: dict of int32 `token_ids`, `segment_ids`, `padding_mask`
+            `(batch, length)`.
+
+    Returns:
+        dict name -> float32 array: the encoder's `pooled_output` and
+        `sequence_output`; a classifier's `logits` and `probabilities` (or a
+        regressor's `score`); a tagger's `logits`; QA's `start_logits`/
+        `end_logits`; an embedder's `embeddings`.
+    """
+    import keras
+
+    outputs = model(features, training=False)
+    if isinstance(outputs, dict):
+        return {k: keras.ops.convert_to_numpy(v).astype(np.float32) for k, v in outputs.items()}
+    logits = keras.ops.convert_to_numpy(outputs).astype(np.float32)
+    if type(model).__name__ == "BertTextEmbedder":
+        return {"embeddings": logits}
+    if type(model).__name__ == "BertClassifier":
+        if model.num_classes == 1:
+            return {"score": logits[:, 0]}
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        return {"logits": logits, "probabilities": shifted / shifted.sum(-1, keepdims=True)}
+    return {"logits": logits}
+
+
+def pack_texts(tokenizer, texts, sequence_length=None, limit=512):
+    """Packs `texts` as `[CLS] text [SEP]` with kbert's tokenizer and packer.
+
+    Args:
+        tokenizer: `kbert.text.BertTokenizer`.
+        texts: list of str.
+        sequence_length: int, or None for the longest text's length (+2,
+            at least 3, at most `limit`): at that length nothing is cut.
+        limit: int, the model's `max_position_embeddings`.
+
+    Returns:
+        dict of int32 arrays `token_ids`, `segment_ids`, `padding_mask` `(len(texts), L)`.
+    """
+    import tensorflow as tf
+
+    from kbert.text import BertPacker
+
+    pieces = tokenizer(tf.constant(list(texts)))
+    if sequence_length is None:
+        longest = int(tf.reduce_max(pieces.row_lengths())) if len(texts) else 0
+        sequence_length = min(max(longest + 2, 3), limit)
+    special = tokenizer.special_token_ids
+    packer = BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
+    return {k: np.asarray(v, np.int32) for k, v in packer(pieces).items()}
+
+
+def _cosines(actual, expected):
+    actual = np.asarray(actual, np.float64).reshape(len(actual), -1)
+    expected = np.asarray(expected, np.float64).reshape(len(expected), -1)
+    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+    return (actual * expected).sum(1) / np.maximum(norms, 1e-30)
+
+
+def compare_arrays(actual, expected, padding_mask):
+    """Max abs difference, min cosine and label agreement of two output dicts.
+
+    Compares the float outputs present in both. `sequence_output` and
+    `logits` of rank 3 are compared on real tokens only (`padding_mask`;
+    `actual` may be longer than `expected`, its extra positions are padding
+    of a longer export). The cosine is taken on `pooled_output`,
+    `embeddings` or `probabilities`; labels are the argmax of `probabilities`.
+
+    Returns:
+        (max_abs_diff, cosine or None, label_agreement or None); NaN
+        anywhere gives an infinite difference.
+    """
+    mask = np.asarray(padding_mask).astype(bool)
+    worst, cosine, agreement = 0.0, None, None
+    for name, want in expected.items():
+        if name not in actual:
+            continue
+        got = np.asarray(actual[name], np.float32)
+        if want.ndim == 3:
+            got, want = got[:, : want.shape[1]][mask], want[mask]
+        if got.shape != want.shape:
+            raise ValueError(f"`{name}` has shape {got.shape}; the Keras model gives {want.shape}.")
+        diff = float(np.abs(got - want).max()) if got.size else 0.0
+        worst = max(worst, diff if np.isfinite(diff) else float("inf"))
+        if name in ("pooled_output", "embeddings", "probabilities"):
+            cosine = float(_cosines(got, want).min())
+        if name == "probabilities":
+            agreement = float(np.mean(got.argmax(-1) == want.argmax(-1)))
+    return worst, cosine, agreement
+
+
+def judge(report, recipe):
+    """Sets `report.passed`/`problems` from its numbers and `TOLERANCES[recipe]`."""
+    max_diff, min_cosine, min_agreement = TOLERANCES[recipe]
+    if report.max_abs_diff is None:
+        report.problems.append("no output could be compared with the Keras model")
+    elif max_diff is not None and not report.max_abs_diff <= max_diff:
+        report.problems.append(f"max abs difference {report.max_abs_diff:.3g} > {max_diff:g}")
+    if min_cosine is not None and (report.cosine is None or not report.cosine >= min_cosine):
+        report.problems.append(f"cosine {report.cosine} < {min_cosine}")
+    if (min_agreement is not None and report.label_agreement is not None
+            and report.label_agreement < min_agreement):
+        report.problems.append(
+            f"label agreement {report.label_agreement:.2%} < {min_agreement:.0%}")
+    report.passed = not report.problems
+    return report
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+_SAVED_MODEL_SCRIPT = r"""
+import json, os, statistics, sys, time
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # registers the tokenizer ops of the text signatures
+path, plan_file, out = sys.argv[1:4]
+with open(plan_file, encoding="utf-8") as f:
+    plan = json.load(f)
+loaded = tf.saved_model.load(path)
+report = {"signatures": {}, "warmup": {"file": False, "requests": 0, "errors": []}}
+for name, fn in loaded.signatures.items():
+    specs = fn.structured_input_signature[1]
+    report["signatures"][name] = {
+        "inputs": {k: s.dtype.name for k, s in specs.items()},
+        "outputs": sorted(fn.structured_outputs),
+    }
+warmup = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
+if os.path.exists(warmup):
+    from tensorflow_serving.apis import prediction_log_pb2
+    report["warmup"]["file"] = True
+    for i, record in enumerate(tf.data.TFRecordDataset(warmup)):
+        try:
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            request = log.predict_log.request
+            name = request.model_spec.signature_name or "serving_default"
+            inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+            result = loaded.signatures[name](**inputs)
+            for key, value in result.items():
+                if value.dtype.is_floating and not np.isfinite(value.numpy()).all():
+                    raise ValueError(f"output {key} is not finite")
+            report["warmup"]["requests"] += 1
+            report["warmup"].setdefault("signatures", [])
+            if name not in report["warmup"]["signatures"]:
+                report["warmup"]["signatures"].append(name)
+            if name == "serving_token_ids" and "token_ids" in inputs:
+                report["warmup"]["sequence_length"] = int(inputs["token_ids"].shape[-1])
+        except Exception as error:  # reported, not raised: the parent judges
+            report["warmup"]["errors"].append(f"request {i}: {type(error).__name__}: {error}"[:500])
+
+def call(signature, inputs):
+    fn = loaded.signatures[signature]
+    specs = fn.structured_input_signature[1]
+    return fn(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
+
+arrays = {}
+for item in plan["calls"]:
+    if item["signature"] not in loaded.signatures:
+        continue
+    for key, value in call(item["signature"], item["inputs"]).items():
+        value = value.numpy()
+        if value.dtype == object:
+            value = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[str])(value) if value.size else value.astype(str)
+        arrays[item["name"] + "/" + key] = value
+timing = plan["timing"]
+if timing["signature"] in loaded.signatures:
+    call(timing["signature"], timing["inputs"])
+    times = []
+    for _ in range(timing["runs"]):
+        start = time.perf_counter()
+        call(timing["signature"], timing["inputs"])
+        times.append(time.perf_counter() - start)
+    report["latency_ms"] = 1000 * statistics.median(times)
+np.savez(out + ".npz", **arrays)
+with open(out + ".json", "w", encoding="utf-8") as f:
+    json.dump(report, f)
+"""
+
+
+def _run_saved_model(path, plan):
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_file, out = os.path.join(tmp, "plan.json"), os.path.join(tmp, "out")
+        with open(plan_file, "w", encoding="utf-8") as f:
+            json.dump(plan, f)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+        proc = subprocess.run([sys.executable, "-c", _SAVED_MODEL_SCRIPT, path, plan_file, out],
+                              capture_output=True, text=True, check=False, env=env)
+        if proc.returncode:
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            raise ValidationError(f"loading {path} in a fresh process failed: "
+                                  + (lines[-1] if lines else f"exit code {proc.returncode}"))
+        with open(out + ".json", encoding="utf-8") as f:
+            report = json.load(f)
+        with np.load(out + ".npz") as arrays:
+            return report, dict(arrays)
+
+
+def _lists(features):
+    return {k: np.asarray(v).tolist() for k, v in features.items()}
+
+
+def validate_saved_model(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
+    """Validates one SavedModel folder in a fresh process (see the module docstring).
+
+    Args:
+        path: str, a SavedModel folder (`BASE/VERSION`).
+        model: the Keras model it was exported from (float32).
+        tokenizer: its `kbert.text.BertTokenizer`.
+        texts: sample strings; they are packed without truncation for the
+            id signature, and sent as they are to a single-`text`
+            `serving_default`.
+        runs: int >= 20, calls timed for the batch-1 latency.
+
+    Returns:
+        `ArtifactReport`.
+    """
+    limit = model_config(model).max_position_embeddings
+    features = pack_texts(tokenizer, texts, limit=limit)
+    one = {k: v[:1].tolist() for k, v in features.items()}
+    plan = {
+        "calls": [{"name": "ids", "signature": "serving_token_ids", "inputs": _lists(features)},
+                  {"name": "text", "signature": "serving_default",
+                   "inputs": {"text": list(texts)}}],
+        "timing": {"signature": "serving_token_ids", "inputs": one, "runs": max(runs, 20)},
+    }
+    report = ArtifactReport(path, "SavedModel", _size(path))
+    try:
+        served, arrays = _run_saved_model(path, plan)
+    except ValidationError as error:
+        report.problems.append(str(error))
+        report.passed = False
+        return report
+    signatures = served["signatures"]
+    report.kind = f"SavedModel {_saved_model_kind(signatures)}"
+    report.latency_ms = served.get("latency_ms")
+    expected = reference_outputs(model, features)
+    ids = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("ids/")}
+    if ids:
+        report.max_abs_diff, report.cosine, report.label_agreement = compare_arrays(
+            ids, expected, features["padding_mask"])
+    text_inputs = signatures.get("serving_default", {}).get("inputs", {})
+    if set(text_inputs) == {"text"} and text_inputs["text"] == "string":
+        text_out = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("text/")}
+        # The text signature packs to its export length: read it off the warmup's
+        # id requests or the returned padding mask, and cut the reference there too.
+        length = served["warmup"].get("sequence_length") or (
+            text_out["padding_mask"].shape[1] if "padding_mask" in text_out else None)
+        text_features, text_expected = features, expected
+        if length and length < features["token_ids"].shape[1]:
+            text_features = pack_texts(tokenizer, texts, length)
+            text_expected = reference_outputs(model, text_features)
+        diff, cosine, agreement = compare_arrays(
+            {k: v for k, v in text_out.items() if np.asarray(v).dtype.kind == "f"},
+            text_expected, text_features["padding_mask"])
+        report.max_abs_diff = max(report.max_abs_diff or 0.0, diff)
+        if cosine is not None:
+            report.cosine = min(cosine, report.cosine if report.cosine is not None else 1.0)
+        if agreement is not None:
+            report.label_agreement = min(agreement, report.label_agreement or 1.0)
+    warmup = served["warmup"]
+    if warmup["file"]:
+        report.notes.append(f"{warmup['requests']} warmup requests ran "
+                            f"({', '.join(warmup.get('signatures', []))})")
+        report.problems += [f"warmup {error}" for error in warmup["errors"]]
+        missing = sorted(set(signatures) - set(warmup.get("signatures", [])))
+        if missing:
+            report.problems.append(f"the warmup file has no request for {missing}")
+    else:
+        report.notes.append(f"no warmup file ({WARMUP_FILE})")
+    problems = list(report.problems)
+    judge(report, "saved_model")
+    report.problems = problems + [p for p in report.problems if p not in problems]
+    report.passed = not report.problems
+    return report
+
+
+def _saved_model_kind(signatures):
+    outputs = set(signatures.get("serving_default", {}).get("outputs", []))
+    for kind, marker in (("encoder", "pooled_output"), ("classifier", "probabilities"),
+                         ("regressor", "score"), ("embedder", "embeddings"), ("tagger", "tags"),
+                         ("question answering", "answer")):
+        if marker in outputs:
+            return kind
+    return "model"
+
+
+def model_config(model):
+    """The `BertConfig` of an encoder or of a task model's encoder."""
+    return getattr(model, "bert_config", None) or model.encoder.bert_config
+
+
+def tflite_recipe(interpreter):
+    """Which recipe made a TFLite file, read off its tensor types.
+
+    Args:
+        interpreter: an allocated LiteRT/TFLite interpreter of the file.
+
+    Returns:
+        "integer" (int16 activations, or int8 activations behind QUANTIZE
+        ops), "dynamic_int8" (int8 weights, float activations), "float16"
+        (float16 weights) or "float32".
+    """
+    dtypes = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    if "int16" in dtypes or ("int8" in dtypes and "QUANTIZE" in ops):
+        return "integer"
+    if "int8" in dtypes:
+        return "dynamic_int8"
+    if "float16" in dtypes:
+        return "float16"
+    return "float32"
+
+
+# kbert's id inputs under the names a TFLite file may give them (MediaPipe's for classifiers).
+_TFLITE_ID_NAMES = {"token_ids": "token_ids", "segment_ids": "segment_ids",
+                    "padding_mask": "padding_mask", "ids": "token_ids", "mask": "padding_mask"}
+
+
+def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
+    """Validates one TFLite file with int32 id inputs in the LiteRT interpreter.
+
+    Every input is bound by name through the file's (single) signature
+    runner. The texts are packed to the file's fixed length and fed in
+    batches of the file's fixed size; outputs are compared by name with
+    `reference_outputs`, so a file that binds an input to the wrong tensor
+    (say `segment_ids` where `token_ids` belongs) fails.
+
+    Returns:
+        `ArtifactReport` (kind "TFLite encoder|classifier RECIPE").
+    """
+    import time
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kbert.serving.tflite import check_tflite_inputs
+
+    report = ArtifactReport(path, "TFLite", _size(path))
+    interpreter = Interpreter(model_path=path)
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        report.problems.append(f"expected one signature, found {sorted(signatures)}")
+        report.passed = False
+        return report
+    (name,) = signatures
+    runner = interpreter.get_signature_runner(name)
+    details = runner.get_input_details()
+    unknown = sorted(set(details) - set(_TFLITE_ID_NAMES))
+    if unknown:
+        report.problems.append(f"inputs {unknown} are not token-id inputs this validator knows")
+        report.passed = False
+        return report
+    recipe = tflite_recipe(interpreter)
+    batch, length = (int(d) for d in next(iter(details.values()))["shape"])
+    # Texts are cycled to fill whole batches of the file's fixed size.
+    count = -(-len(texts) // batch) * batch
+    features = pack_texts(tokenizer, [texts[i % len(texts)] for i in range(count)], length)
+    names = {file_name: _TFLITE_ID_NAMES[file_name] for file_name in sorted(details)}
+    config = model_config(model)
+    limits = {"token_ids": config.vocab_size, "segment_ids": config.type_vocab_size}
+    outputs = {}
+    for start in range(0, count, batch):
+        chunk = {k: v[start:start + batch] for k, v in features.items()}
+        arrays = check_tflite_inputs(path, details, chunk, names, id_limits=limits)
+        for key, value in runner(**arrays).items():
+            outputs.setdefault(key, []).append(value)
+    outputs = {k: np.concatenate(v) for k, v in outputs.items()}
+    expected = reference_outputs(model, features)
+    report.kind = f"TFLite {'classifier' if 'probabilities' in outputs else 'encoder'} {recipe}"
+    report.max_abs_diff, report.cosine, report.label_agreement = compare_arrays(
+        outputs, expected, features["padding_mask"])
+    one = check_tflite_inputs(path, details, {k: v[:batch] for k, v in features.items()}, names,
+                              id_limits=limits)
+    times = []
+    for _ in range(max(runs, 20) + 1):
+        start = time.perf_counter()
+        runner(**one)
+        times.append(time.perf_counter() - start)
+    report.latency_ms = 1000 * float(np.median(times[1:]))
+    report.notes.append(f"recipe {recipe} (read from the tensor types), batch {batch}, "
+                        f"length {length}, {count} texts")
+    return judge(report, recipe)
+
+
+def validate_export(path, model=None, tokenizer=None, texts=SAMPLE_TEXTS, runs=20):
+    """Validates every artifact at or under `path` against the Keras model.
+
+    Args:
+        path: str, an artifact or a folder of artifacts (see `find_artifacts`).
+        model: the Keras model (an object, or a path for `load_reference`);
+            None: `find_reference_model(path)`.
+        tokenizer: `kbert.text.BertTokenizer`; needed with a model object,
+            read beside a model path otherwise.
+        texts: sample strings (at least one).
+        runs: int, calls timed per artifact (at least 20).
+
+    Returns:
+        list of `ArtifactReport`, one per artifact.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValidationError: no artifact under `path`, no reference model, or no texts.
+    """
+    artifacts = find_artifacts(path)
+    if not artifacts:
+        raise ValidationError(f"{path} holds no SavedModel folder and no .tflite file.")
+    texts = list(texts)
+    if not texts:
+        raise ValidationError("texts must hold at least one sample string.")
+    if model is None:
+        model = find_reference_model(path)
+        if model is None:
+            raise ValidationError(
+                f"no Keras model found beside {path} (model.keras or encoder.keras in it or "
+                "above it); give the checkpoint it was exported from (--model).")
+    if isinstance(model, (str, os.PathLike)):
+        model, found = load_reference(os.fspath(model))
+        tokenizer = tokenizer or found
+    if tokenizer is None:
+        raise ValidationError("a tokenizer is needed with a model object.")
+    reports = []
+    for kind, artifact in artifacts:
+        if kind == "saved_model":
+            reports.append(validate_saved_model(artifact, model, tokenizer, texts, runs))
+        else:
+            reports.append(validate_tflite(artifact, model, tokenizer, texts, runs))
+    return reports
+
+
+def format_report(reports, root=None):
+    """The reports as a text table: artifact, kind, size, differences, latency, result."""
+    header = ("artifact", "kind", "size", "max |diff|", "cosine", "labels", "batch-1 ms", "result")
+    rows = []
+    for r in reports:
+        name = os.path.relpath(r.path, root) if root and os.path.isdir(root) else r.path
+        rows.append((
+            name, r.kind, f"{r.size_bytes / 2**20:.1f} MiB",
+            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            "-" if r.cosine is None else f"{r.cosine:.5f}",
+            "-" if r.label_agreement is None else f"{r.label_agreement:.1%}",
+            "-" if r.latency_ms is None else f"{r.latency_ms:.2f}",
+            "ok" if r.passed else "FAIL",
+        ))
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [header, *rows]]
+    for r in reports:
+        for problem in r.problems:
+            lines.append(f"FAIL {r.path}: {problem}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""export.validate: every artifact run in its consumer's runtime and judged against Keras."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from kbert.models import BertEncoder
+from kbert.serving import export_saved_model, export_tflite, validate
+from kbert.serving.tflite import convert_to_tflite
+from tests.conftest import REPO
+from tests.numpy_bert import randomize
+
+
+@pytest.fixture(scope="module")
+def encoder(uncased_tokenizer):
+    model = BertEncoder(vocab_size=uncased_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    randomize(model, seed=5, scale=0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def export_dir(encoder, uncased_tokenizer, uncased_vocab, tmp_path_factory):
+    """A folder laid out as export.export_bert writes it, plus a deliberately swapped file."""
+    out = tmp_path_factory.mktemp("export")
+    export_saved_model(encoder, uncased_tokenizer, uncased_vocab, str(out / "saved_model" / "bert"),
+                       sequence_length=24)
+    export_tflite(encoder, str(out / "bert_v1.tflite"), sequence_length=24)
+    # A staging folder is not a published artifact.
+    os.makedirs(out / ".export-partial-x")
+    shutil.copyfile(out / "bert_v1.tflite", out / ".export-partial-x" / "bert_v2.tflite")
+    return out
+
+
+def _swapped_file(encoder, path):
+    """A TFLite file whose `token_ids` input feeds the segment embedding and vice versa."""
+
+    def serve(token_ids, segment_ids, padding_mask):
+        outputs = encoder({"token_ids": segment_ids, "segment_ids": token_ids % 2,
+                           "padding_mask": padding_mask}, training=False)
+        return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+
+    specs = [tf.TensorSpec([1, 24], tf.int32, name=n)
+             for n in ("token_ids", "segment_ids", "padding_mask")]
+    convert_to_tflite(encoder, serve, specs, "serving_token_ids", path)
+
+
+def test_every_artifact_passes_with_real_numbers(export_dir, encoder, uncased_tokenizer):
+    reports = validate.validate_export(str(export_dir), encoder, uncased_tokenizer)
+    assert [(os.path.relpath(r.path, export_dir), r.kind) for r in reports] == [
+        ("bert_v1.tflite", "TFLite encoder float32"),
+        (os.path.join("saved_model", "bert", "1"), "SavedModel encoder"),
+    ]
+    for report in reports:
+        assert report.passed, report.problems
+        assert 0 < report.max_abs_diff <= 1e-5  # float32 reorderings, never exactly 0
+        assert report.cosine > 0.99999
+        assert report.latency_ms > 0 and report.size_bytes > 1e6
+    table = validate.format_report(reports, str(export_dir))
+    assert "bert_v1.tflite" in table and "FAIL" not in table
+
+
+def test_a_different_model_fails_each_artifact(export_dir, encoder, uncased_tokenizer):
+    other = BertEncoder.from_config(encoder.get_config())
+    randomize(other, seed=6, scale=0.1)
+    reports = validate.validate_export(str(export_dir), other, uncased_tokenizer)
+    assert [r.passed for r in reports] == [False, False]
+    assert all("max abs difference" in r.problems[0] for r in reports)
+
+
+def test_program_catches_a_swapped_input_binding(export_dir, encoder, uncased_vocab, tmp_path):
+    """The CLI finds the run's encoder.keras, passes the right file and fails the swapped one."""
+    encoder.save(tmp_path / "encoder.keras")
+    shutil.copyfile(uncased_vocab, tmp_path / "vocab.txt")
+    exports = tmp_path / "export"
+    exports.mkdir()
+    shutil.copyfile(export_dir / "bert_v1.tflite", exports / "bert_v1.tflite")
+    _swapped_file(encoder, str(exports / "swapped.tflite"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-m", "export.validate", str(exports), "--texts=an apple a day",
+         "--texts=keeps the doctor away", "--runs=20"],
+        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr[-2000:]
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if ".tflite " in line}
+    assert rows["bert_v1.tflite"].endswith(" ok") and rows["swapped.tflite"].endswith("FAIL")
+    assert "FAIL " + str(exports / "swapped.tflite") + ": max abs difference" in out.stdout
+    assert "1 of 2 artifacts passed." in out.stdout
+
+
+def test_clear_errors(tmp_path, encoder, uncased_tokenizer):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        validate.validate_export(str(tmp_path / "missing"), encoder, uncased_tokenizer)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(validate.ValidationError, match="holds no SavedModel folder"):
+        validate.validate_export(str(tmp_path), encoder, uncased_tokenizer)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    _swapped_file(encoder, str(lone / "a.tflite"))
+    with pytest.raises(validate.ValidationError, match="no Keras model found beside"):
+        validate.validate_export(str(lone))
+    with pytest.raises(validate.ValidationError, match="at least one sample"):
+        validate.validate_export(str(lone), encoder, uncased_tokenizer, texts=[])
+
+
+def test_recipe_is_read_off_the_tensor_types(encoder, tmp_path):
+    """float16 weights and dynamic-range int8 weights are told apart from float32."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kbert.serving.saved_model import new_export_archive
+
+    def serve(token_ids, segment_ids, padding_mask):
+        return encoder({"token_ids": token_ids, "segment_ids": segment_ids,
+                        "padding_mask": padding_mask}, training=False)
+
+    archive = new_export_archive(encoder)
+    archive.add_endpoint("serving_token_ids", serve, input_signature=[
+        tf.TensorSpec([1, 8], tf.int32, name=n) for n in ("token_ids", "segment_ids", "padding_mask")])
+    archive.write_out(str(tmp_path / "sm"), verbose=False)
+    found = {}
+    for name, dtypes in (("float32", None), ("float16", [tf.float16]), ("dynamic_int8", [])):
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
+        if dtypes is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = dtypes
+        found[name] = validate.tflite_recipe(Interpreter(model_content=converter.convert()))
+    assert found == {"float32": "float32", "float16": "float16", "dynamic_int8": "dynamic_int8"}
