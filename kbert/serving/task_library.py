@@ -1,0 +1,576 @@
+"""A `BertClassifier` as a MediaPipe Tasks / TFLite Task Library text classifier file.
+
+One `.tflite` file that MediaPipe's `TextClassifier` (Android, iOS, Python,
+Web) and the TFLite Task Library's `BertNLClassifier` run as they are, with
+no tokenizer code in the app: the app passes a string and gets labelled
+scores back. The file is the float32 TFLite classifier of
+`kbert.serving.classifier_export.export_classifier_tflite` (int32 `ids`,
+`mask`, `segment_ids` `(1, sequence_length)` -> float32 `probabilities`
+`(1, num_classes)`, TFLite builtin ops only) plus TFLite Model Metadata, the
+format MediaPipe Model Maker's BERT text classifier writes:
+
+* the metadata flatbuffer (schema `mediapipe/tasks/metadata/metadata_schema.fbs`,
+  identifier "M001") in a model buffer named in the model's `metadata` list as
+  "TFLITE_METADATA";
+* input tensor metadata named `ids`, `mask`, `segment_ids` (the names
+  MediaPipe's `BertPreprocessorCalculator` looks for, listed in the order of
+  the subgraph's inputs), with one input process unit
+  `BertTokenizerOptions` whose vocabulary is the associated file `vocab.txt`
+  (type VOCABULARY);
+* output tensor metadata `probability` (values in [0, 1]) with the associated
+  file `labels.txt` (type TENSOR_AXIS_LABELS, one label per line, id = line);
+* `min_parser_version` "1.1.0": the newest schema members used are input
+  process units and `BertTokenizerOptions` (1.1.0; VOCABULARY files are
+  1.0.1), as `mediapipe/tasks/cc/metadata/metadata_version.cc` computes it;
+* the associated files appended to the flatbuffer as an uncompressed
+  (stored) zip archive, as the TFLite Support / MediaPipe metadata populator
+  packs them; MediaPipe's `ModelMetadataExtractor` reads them in place and
+  refuses compressed entries.
+
+MediaPipe's tokenizer (`BertPreprocessorCalculator` + `BertTokenizer` in
+`mediapipe/tasks/cc/text/`) lower-cases ASCII letters only
+(`absl::AsciiStrToLower`), then splits on ASCII whitespace, ASCII punctuation,
+Unicode punctuation (`\\p{P}`) and CJK ideographs and runs greedy WordPiece
+(words over 100 bytes -> `[UNK]`), `[CLS] pieces [SEP]` truncated to the
+file's length. It does not strip accents, lower-case non-ASCII letters,
+delete control/format characters or split at non-ASCII spaces as BERT's
+BasicTokenizer (and `kbert.text.BertTokenizer`) do. Measured in MediaPipe:
+ASCII text, CJK, full-width letters, ligatures, curly quotes, dashes, emoji
+get kbert's ids; "café", "Ça", "naïveté", "İstanbul", Greek with accents,
+U+00A0 / U+3000 / U+2028 spaces, U+0007 and U+200B do not (2 of the 436
+shared SST-2 dev sentences, "amélie" and "naiveté", with the same labels).
+`normalize_texts` (BERT's normalisation plus Unicode spaces -> " "), done by
+the app before `classify`, gives kbert's ids on all of them. A cased model
+cannot be served this way (every text is lower-cased) and is refused.
+"""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+
+from kbert.serving.saved_model import atomic_output
+
+METADATA_NAME = "TFLITE_METADATA"
+METADATA_IDENTIFIER = b"M001"
+TFLITE_IDENTIFIER = b"TFL3"
+# Input process units and BertTokenizerOptions (metadata schema 1.1.0) are the
+# newest members this file uses; see mediapipe/tasks/cc/metadata/metadata_version.cc.
+MIN_PARSER_VERSION = "1.1.0"
+VOCAB_FILE = "vocab.txt"
+LABELS_FILE = "labels.txt"
+# Metadata tensor names MediaPipe's BertPreprocessorCalculator requires.
+INPUT_NAMES = ("ids", "mask", "segment_ids")
+OUTPUT_NAME = "probability"
+_INPUT_DESCRIPTIONS = {
+    "ids": "Tokenized ids of the input text.",
+    "mask": "Mask with 1 for real tokens and 0 for padding tokens.",
+    "segment_ids": "0 for the first sequence, 1 for the second sequence if exists.",
+}
+
+
+def _schemas():
+    """MediaPipe's generated TFLite and metadata flatbuffer schemas (imported lazily)."""
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as metadata_fb
+    from mediapipe.tasks.metadata import schema_py_generated as tflite_fb
+
+    return tflite_fb, metadata_fb
+
+
+def check_task_labels(label_list, num_classes):
+    """Validates the label list of a task-library classifier.
+
+    Args:
+        label_list: list of class names (id = index); each is written as
+            `str(label)`, one per line of `labels.txt`.
+        num_classes: int, the model's number of outputs.
+
+    Returns:
+        list of str, the labels.
+
+    Raises:
+        ValueError: `num_classes` < 2 (a regression score is not a
+            probability MediaPipe could rank), a list of another length than
+            `num_classes`, an empty label, a label holding a line break (the
+            labels file is read line by line), or a repeated label (each
+            named).
+    """
+    if num_classes < 2:
+        raise ValueError(
+            f"The model has {num_classes} output (regression); MediaPipe's TextClassifier "
+            "ranks class probabilities, so only classifiers with >= 2 classes are exported."
+        )
+    if isinstance(label_list, (str, bytes)) or not hasattr(label_list, "__len__") \
+            or len(label_list) != num_classes:
+        raise ValueError(
+            f"label_list {label_list!r} must name the model's {num_classes} classes, in id order."
+        )
+    names = [str(x) for x in label_list]
+    empty = [i for i, name in enumerate(names) if not name.strip()]
+    if empty:
+        raise ValueError(f"label_list {label_list} has empty labels at ids {empty}.")
+    broken = [name for name in names if "\n" in name or "\r" in name]
+    if broken:
+        raise ValueError(
+            f"label_list has labels with line breaks {broken}; {LABELS_FILE} holds one label a line."
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"label_list {label_list} names {repeated} more than once.")
+    return names
+
+
+def _check_export(model, vocab_path, label_list, lowercase):
+    """The checks of `export_task_classifier`; returns (labels, vocabulary tokens)."""
+    from kbert.models import BertClassifier
+    from kbert.text import load_vocabulary
+
+    if not isinstance(model, BertClassifier):
+        raise TypeError(
+            f"model must be a kbert.models.BertClassifier; received {type(model).__name__}."
+        )
+    labels = check_task_labels(label_list, model.num_classes)
+    if not isinstance(vocab_path, (str, os.PathLike)):
+        raise TypeError(f"vocab_path must be the path of a vocab.txt; received {vocab_path!r}.")
+    tokens = load_vocabulary(vocab_path)
+    vocab_size = model.encoder.bert_config.vocab_size
+    if len(tokens) != vocab_size:
+        raise ValueError(
+            f"{vocab_path} holds {len(tokens)} tokens but the model's vocab_size is "
+            f"{vocab_size}; export with the vocabulary the model was trained with."
+        )
+    if lowercase is None:
+        from kbert.checkpoints import tokenizer_files
+
+        lowercase, _ = tokenizer_files.read_do_lower_case(os.fspath(vocab_path))
+    if not lowercase:
+        raise ValueError(
+            f"{vocab_path} is a cased vocabulary (lowercase=False), but MediaPipe's and the "
+            "TFLite Task Library's BERT tokenizer lower-cases every text before WordPiece, "
+            "so a cased model would see other ids than it was trained on. Export an uncased "
+            "model, or use export_classifier_tflite and tokenize in the app."
+        )
+    return labels, tokens
+
+
+def export_task_classifier(model, vocab_path, label_list, path, sequence_length=128,
+                           lowercase=None):
+    """Writes `model` as a MediaPipe Tasks / TFLite Task Library text classifier file.
+
+    The file holds the float32 TFLite classifier (int32 `ids`, `mask`,
+    `segment_ids` `(1, sequence_length)` -> float32 probabilities
+    `(1, num_classes)`, from `export_classifier_tflite`), its WordPiece
+    vocabulary and label list, and the metadata that tells MediaPipe's
+    `TextClassifier` (and the Task Library's `BertNLClassifier`) how to
+    tokenize text for it (see the module docstring for the layout and the
+    tokenizer's differences from kbert's on non-ASCII text). The file is
+    written atomically: a failure leaves nothing at `path`, and an existing
+    file is replaced only by a complete one.
+
+    Args:
+        model: `kbert.models.BertClassifier` with >= 2 classes, float32
+            weights recommended.
+        vocab_path: str, the `vocab.txt` the model was trained with (its
+            `tokenizer_config.json`, if beside it, gives the casing).
+        label_list: the class names in id order (`str()` of each is written).
+        path: str, the `.tflite` file to write.
+        sequence_length: int in [3, max_position_embeddings], the fixed input
+            length; longer texts are truncated to `sequence_length - 2` pieces.
+        lowercase: bool, the model's casing; None reads it as kbert's
+            tokenizer does (`tokenizer_config.json` beside the vocabulary,
+            else inferred from the tokens). False is refused.
+
+    Returns:
+        str, `path`.
+
+    Raises:
+        TypeError (before anything is written): a model that is not a
+            `BertClassifier`, a `vocab_path` that is not a path.
+        ValueError (all before anything is written): a regression model; a
+            bad label list (see
+            `check_task_labels`); a vocabulary whose size is not the model's
+            `vocab_size` (both named) or that is unreadable or lacks BERT's
+            special tokens (see `kbert.text.load_vocabulary`); a cased
+            vocabulary; a bad `sequence_length`.
+        FileNotFoundError, IsADirectoryError: a missing `vocab_path`.
+    """
+    from kbert.serving.classifier_export import export_classifier_tflite
+    from kbert.serving.tflite import check_tflite_target
+
+    labels, tokens = _check_export(model, vocab_path, label_list, lowercase)
+    check_tflite_target(model, sequence_length)
+    with atomic_output(path) as target:
+        flatbuffer = export_classifier_tflite(model, target, sequence_length)
+        files = {
+            VOCAB_FILE: ("\n".join(tokens) + "\n").encode("utf-8"),
+            LABELS_FILE: "\n".join(labels).encode("utf-8"),
+        }
+        metadata = _metadata_buffer(flatbuffer, len(labels), sequence_length)
+        with open(target, "wb") as f:
+            f.write(_with_metadata(flatbuffer, metadata))
+        # Python's zipfile appends an archive to a file that is not one, with
+        # offsets that minizip (MediaPipe's reader) resolves from the end.
+        with zipfile.ZipFile(target, "a", compression=zipfile.ZIP_STORED) as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        read_task_metadata(target)  # the file MediaPipe will read is complete and consistent
+    return path
+
+
+def _signature_io(model_fb):
+    """(subgraph input index -> signature name, output tensor index) of a classifier file."""
+    if model_fb.SubgraphsLength() != 1 or model_fb.SignatureDefsLength() != 1:
+        raise ValueError(
+            f"Expected one subgraph and one signature; the file has {model_fb.SubgraphsLength()} "
+            f"and {model_fb.SignatureDefsLength()} (MediaPipe's text tasks need one subgraph)."
+        )
+    signature = model_fb.SignatureDefs(0)
+    inputs = {signature.Inputs(i).TensorIndex(): signature.Inputs(i).Name().decode()
+              for i in range(signature.InputsLength())}
+    subgraph = model_fb.Subgraphs(0)
+    order = [subgraph.Inputs(i) for i in range(subgraph.InputsLength())]
+    names = [inputs.get(index) for index in order]
+    if sorted(n or "" for n in names) != sorted(INPUT_NAMES) or subgraph.OutputsLength() != 1:
+        raise ValueError(
+            f"Expected inputs {list(INPUT_NAMES)} and one output; the file has inputs {names} "
+            f"and {subgraph.OutputsLength()} outputs."
+        )
+    return names
+
+
+def _metadata_buffer(flatbuffer, num_labels, sequence_length):
+    """The TFLite Model Metadata flatbuffer (bytes) of a classifier file."""
+    import flatbuffers
+
+    tflite_fb, metadata_fb = _schemas()
+    names = _signature_io(tflite_fb.Model.GetRootAs(flatbuffer, 0))
+
+    def tensor(name, description, files=None):
+        metadata = metadata_fb.TensorMetadataT()
+        metadata.name = name
+        metadata.description = description
+        metadata.content = metadata_fb.ContentT()
+        metadata.content.contentPropertiesType = metadata_fb.ContentProperties.FeatureProperties
+        metadata.content.contentProperties = metadata_fb.FeaturePropertiesT()
+        metadata.stats = metadata_fb.StatsT()
+        metadata.associatedFiles = files
+        return metadata
+
+    def associated_file(name, description, kind):
+        file = metadata_fb.AssociatedFileT()
+        file.name, file.description, file.type = name, description, kind
+        return file
+
+    labels = associated_file(LABELS_FILE, "Labels for categories that the model can recognize.",
+                             metadata_fb.AssociatedFileType.TENSOR_AXIS_LABELS)
+    output = tensor(OUTPUT_NAME, "Probabilities of the labels respectively.", [labels])
+    output.stats.min, output.stats.max = [0.0], [1.0]
+    tokenizer = metadata_fb.ProcessUnitT()
+    tokenizer.optionsType = metadata_fb.ProcessUnitOptions.BertTokenizerOptions
+    tokenizer.options = metadata_fb.BertTokenizerOptionsT()
+    tokenizer.options.vocabFile = [associated_file(
+        VOCAB_FILE, "WordPiece vocabulary (one token a line, id = line).",
+        metadata_fb.AssociatedFileType.VOCABULARY)]
+    subgraph = metadata_fb.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [tensor(n, _INPUT_DESCRIPTIONS[n]) for n in names]
+    subgraph.outputTensorMetadata = [output]
+    subgraph.inputProcessUnits = [tokenizer]
+    model = metadata_fb.ModelMetadataT()
+    model.name = "kbert BertClassifier"
+    model.description = (
+        f"Classifies text into {num_labels} categories; BERT WordPiece tokenizer "
+        f"(uncased), {sequence_length} pieces including [CLS] and [SEP]."
+    )
+    model.author = "kbert"
+    model.subgraphMetadata = [subgraph]
+    model.minParserVersion = MIN_PARSER_VERSION
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), METADATA_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _with_metadata(flatbuffer, metadata):
+    """`flatbuffer` with `metadata` stored as the "TFLITE_METADATA" buffer (replacing one)."""
+    import flatbuffers
+
+    tflite_fb, _ = _schemas()
+    model = tflite_fb.ModelT.InitFromObj(tflite_fb.Model.GetRootAs(flatbuffer, 0))
+    buffer = tflite_fb.BufferT(data=np.frombuffer(metadata, np.uint8))
+    model.metadata = model.metadata or []
+    model.buffers = model.buffers or []
+    entry = next((m for m in model.metadata if m.name.decode() == METADATA_NAME), None)
+    if entry is None:
+        entry = tflite_fb.MetadataT()
+        entry.name = METADATA_NAME
+        model.metadata.append(entry)
+        model.buffers.append(buffer)
+        entry.buffer = len(model.buffers) - 1
+    else:
+        model.buffers[entry.buffer] = buffer
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), TFLITE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _lines(data, skip_empty):
+    """Lines of an associated file as MediaPipe reads them ("\\n"-separated, "\\r" dropped)."""
+    lines = [line.removesuffix("\r") for line in data.decode("utf-8").split("\n")]
+    if skip_empty:  # vocabularies (mediapipe/tasks/cc/text/utils/vocab_utils.cc)
+        return [line for line in lines if line]
+    return lines[:-1] if lines and not lines[-1] else lines  # labels (label_map_util.cc)
+
+
+def read_task_metadata(path):
+    """Reads back and checks the metadata and associated files of a task-library classifier.
+
+    Parses the file the way MediaPipe's `ModelMetadataExtractor`,
+    `BertPreprocessorCalculator` and classification post-processing do, and
+    checks what they require.
+
+    Args:
+        path: str, a `.tflite` file (e.g. from `export_task_classifier`).
+
+    Returns:
+        dict with `name`, `description`, `min_parser_version` (str);
+        `inputs`: list of (metadata name, tensor name, shape tuple, TFLite
+        type name) in subgraph input order; `sequence_length` (int);
+        `output`: (metadata name, tensor name, shape, type name);
+        `tokenizer`: the process unit's options type name (e.g.
+        "BertTokenizerOptions"); `vocabulary` and `labels`: lists of str as
+        MediaPipe reads them; `files`: dict associated file name -> bytes.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a TFLite flatbuffer; no "TFLITE_METADATA" buffer or
+            one without the metadata identifier; inputs that are not int32
+            `ids`, `mask`, `segment_ids` of one shape `(1, length)`; an output
+            that is not float32; no BERT tokenizer process unit; an
+            associated file missing from the zip archive, or stored
+            compressed; a label count that is not the output's width (each
+            naming the file and the value).
+    """
+    tflite_fb, metadata_fb = _schemas()
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8 or not tflite_fb.Model.ModelBufferHasIdentifier(data, 0):
+        raise ValueError(f"{path} is not a TFLite file (no 'TFL3' identifier).")
+    model = tflite_fb.Model.GetRootAs(data, 0)
+    entries = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer()
+               for i in range(model.MetadataLength())}
+    if METADATA_NAME not in entries:
+        raise ValueError(
+            f"{path} has no {METADATA_NAME} (it holds metadata {sorted(entries)}); MediaPipe's "
+            "TextClassifier needs the tokenizer and labels there: use export_task_classifier."
+        )
+    buffer = model.Buffers(entries[METADATA_NAME])
+    metadata_bytes = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    if len(metadata_bytes) < 8 or \
+            not metadata_fb.ModelMetadata.ModelMetadataBufferHasIdentifier(metadata_bytes, 0):
+        raise ValueError(f"{path}: the {METADATA_NAME} buffer is not TFLite Model Metadata.")
+    metadata = metadata_fb.ModelMetadataT.InitFromObj(
+        metadata_fb.ModelMetadata.GetRootAs(metadata_bytes, 0))
+    sub = (metadata.subgraphMetadata or [None])[0]
+    if sub is None or not sub.inputTensorMetadata or not sub.outputTensorMetadata:
+        raise ValueError(f"{path}: the metadata describes no input and output tensors.")
+    names = _signature_io(model)
+    subgraph = model.Subgraphs(0)
+    types = {v: k for k, v in vars(tflite_fb.TensorType).items() if not k.startswith("_")}
+
+    def describe(tensor_metadata, index):
+        tensor = subgraph.Tensors(index)
+        return (tensor_metadata.name.decode(), tensor.Name().decode(),
+                tuple(int(d) for d in tensor.ShapeAsNumpy()), types[tensor.Type()])
+
+    inputs = [describe(m, subgraph.Inputs(i)) for i, m in enumerate(sub.inputTensorMetadata)]
+    output = describe(sub.outputTensorMetadata[0], subgraph.Outputs(0))
+    shapes = {shape for _, _, shape, _ in inputs}
+    if sorted(n for n, *_ in inputs) != sorted(INPUT_NAMES) \
+            or [n for n, *_ in inputs] != names or len(shapes) != 1 \
+            or any(t != "INT32" for *_, t in inputs) or len(next(iter(shapes))) != 2 \
+            or next(iter(shapes))[0] != 1:
+        raise ValueError(
+            f"{path}: MediaPipe's BERT classifier needs int32 inputs {list(INPUT_NAMES)} of one "
+            f"shape (1, length) named by their signature; the file has {inputs}."
+        )
+    if output[3] != "FLOAT32":
+        raise ValueError(f"{path}: the output {output} must be FLOAT32 probabilities.")
+    units = sub.inputProcessUnits or []
+    kinds = {v: k for k, v in vars(metadata_fb.ProcessUnitOptions).items() if not k.startswith("_")}
+    if len(units) != 1 or units[0].optionsType != metadata_fb.ProcessUnitOptions.BertTokenizerOptions:
+        raise ValueError(
+            f"{path}: expected one BertTokenizerOptions input process unit; the file has "
+            f"{[kinds[u.optionsType] for u in units]}."
+        )
+    vocab_files = units[0].options.vocabFile or []
+    if not vocab_files or not vocab_files[0].name:
+        raise ValueError(f"{path}: the BertTokenizerOptions name no vocabulary file.")
+    vocab_name = vocab_files[0].name.decode()
+    label_files = [f.name.decode() for f in sub.outputTensorMetadata[0].associatedFiles or []
+                   if f.type == metadata_fb.AssociatedFileType.TENSOR_AXIS_LABELS]
+    files = _associated_files(path, data)
+    for name in [vocab_name] + label_files[:1]:
+        if name not in files:
+            raise ValueError(f"{path}: the metadata names {name}, which the file does not hold "
+                             f"(it holds {sorted(files)}).")
+    labels = _lines(files[label_files[0]], skip_empty=False) if label_files else []
+    if labels and len(labels) != output[2][-1]:
+        raise ValueError(f"{path}: {len(labels)} labels for an output of {output[2][-1]} classes.")
+    return {
+        "name": metadata.name.decode() if metadata.name else None,
+        "description": metadata.description.decode() if metadata.description else None,
+        "min_parser_version": (metadata.minParserVersion.decode()
+                               if metadata.minParserVersion else None),
+        "inputs": inputs,
+        "sequence_length": next(iter(shapes))[1],
+        "output": output,
+        "tokenizer": kinds[units[0].optionsType],
+        "vocabulary": _lines(files[vocab_name], skip_empty=True),
+        "labels": labels,
+        "files": files,
+    }
+
+
+def _associated_files(path, data):
+    """name -> bytes of the zip archive appended to a TFLite file (empty if none)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        return {}
+    with archive:
+        compressed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+        if compressed:
+            raise ValueError(f"{path}: associated files {compressed} are compressed; MediaPipe "
+                             "reads only stored (uncompressed) entries.")
+        return {i.filename: archive.read(i) for i in archive.infolist()}
+
+
+def normalize_texts(texts):
+    """BERT's text normalisation, done before MediaPipe's tokenizer so that it sees kbert's ids.
+
+    MediaPipe's BERT tokenizer lower-cases ASCII only and splits at ASCII
+    whitespace only (see the module docstring). Applying, in the app,
+    `kbert.text.normalization.normalize_text` (delete NUL, U+FFFD and
+    control/format characters; lower-case; NFD; delete combining marks) and
+    then mapping Unicode separators (`\\p{Z}`: U+00A0, U+3000, U+2028, ...)
+    to a space gives the ids of kbert's uncased `BertTokenizer`. On Android:
+    `java.text.Normalizer` (NFD) and a `\\p{Mn}` / `\\p{Z}` regex; in Python:
+    this function.
+
+    Args:
+        texts: list of str.
+
+    Returns:
+        list of str.
+    """
+    import tensorflow as tf
+
+    from kbert.text.normalization import normalize_text
+
+    texts = list(texts)
+    if not texts:
+        return []
+    normalized = tf.strings.regex_replace(normalize_text(tf.constant(texts), True), r"\p{Z}", " ")
+    return [t.decode("utf-8") for t in normalized.numpy()]
+
+
+def run_task_classifier(path, texts):
+    """Classifies `texts` with MediaPipe Tasks' `TextClassifier`, as an app would.
+
+    The file's own metadata does the tokenizing (see the module docstring);
+    every category is returned.
+
+    Args:
+        path: str, a file from `export_task_classifier`.
+        texts: list of str (or one str).
+
+    Returns:
+        list (one per text) of dict label -> float score, in label-id order.
+
+    Raises:
+        TypeError: a text that is not a str.
+        ImportError: MediaPipe is not installed (`pip install mediapipe`).
+        RuntimeError / ValueError: MediaPipe refuses the file (its message).
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be str; received {bad[:5]}.")
+    try:
+        from mediapipe.tasks.python.core import base_options
+        from mediapipe.tasks.python.text import text_classifier
+    except ImportError as e:
+        raise ImportError(f"run_task_classifier needs MediaPipe (pip install mediapipe): {e}") from e
+    options = text_classifier.TextClassifierOptions(
+        base_options=base_options.BaseOptions(model_asset_path=os.fspath(path)))
+    results = []
+    with text_classifier.TextClassifier.create_from_options(options) as classifier:
+        for text in texts:
+            categories = classifier.classify(text).classifications[0].categories
+            ordered = sorted(categories, key=lambda c: c.index)
+            results.append({c.category_name: float(c.score) for c in ordered})
+    return results
+
+
+def verify_task_classifier(path, model, tokenizer, texts, atol=1e-4, normalize=False,
+                           batch_size=64):
+    """Compares MediaPipe's `TextClassifier` on raw text with `model` on kbert's ids.
+
+    MediaPipe tokenizes `texts` itself from the file's metadata
+    (`run_task_classifier`); the reference is the Keras model on the ids of
+    kbert's `BertTokenizer` + `BertPacker` at the file's length. On ASCII
+    text the two tokenizers agree; on accented or other non-ASCII text
+    MediaPipe's does not normalise (see the module docstring), and
+    `normalize=True` applies `normalize_texts` to the texts first, as an app
+    should before classifying.
+
+    Args:
+        path: str, a file from `export_task_classifier`.
+        model: the `BertClassifier` it was exported from.
+        tokenizer: the model's `kbert.text.BertTokenizer`.
+        texts: list of str.
+        atol: float, the largest allowed absolute probability difference.
+        normalize: bool, `normalize_texts` before both runs.
+        batch_size: int, Keras batch size.
+
+    Returns:
+        dict: `texts` (count), `max_abs_diff`, `label_agreement` (fraction),
+        `differing`: list of (index, max abs difference) of the texts above
+        `atol`, largest first, `abs_diffs` (float array, the largest
+        difference of each text), `labels` (the file's).
+
+    Raises:
+        kbert.serving.ExportVerificationError: a predicted label that differs
+            or a difference above `atol` (the report in the message).
+    """
+    import tensorflow as tf
+
+    from kbert.serving.saved_model import ExportVerificationError
+    from kbert.text import BertTextPreprocessor
+
+    info = read_task_metadata(path)
+    texts = normalize_texts(texts) if normalize else list(texts)
+    results = run_task_classifier(path, texts)
+    actual = np.array([[r[label] for label in info["labels"]] for r in results], np.float64)
+    preprocessor = BertTextPreprocessor(tokenizer, info["sequence_length"])
+    expected = []
+    for start in range(0, len(texts), batch_size):
+        features = preprocessor(texts[start:start + batch_size])
+        logits = tf.cast(model(features, training=False), tf.float32)
+        expected.append(tf.nn.softmax(logits, axis=-1).numpy())
+    expected = np.concatenate(expected) if expected else np.zeros_like(actual)
+    diffs = np.abs(actual - expected).max(-1) if len(texts) else np.zeros(0)
+    agreement = float(np.mean(actual.argmax(-1) == expected.argmax(-1))) if len(texts) else 1.0
+    differing = sorted(((int(i), float(diffs[i])) for i in np.flatnonzero(diffs > atol)),
+                       key=lambda item: -item[1])
+    report = {"texts": len(texts), "max_abs_diff": float(diffs.max(initial=0.0)),
+              "label_agreement": agreement, "differing": differing, "abs_diffs": diffs,
+              "labels": info["labels"]}
+    if agreement < 1.0 or differing:
+        shown = [(i, round(d, 6), texts[i][:80]) for i, d in differing[:5]]
+        raise ExportVerificationError(
+            f"MediaPipe TextClassifier on {path} differs from the Keras model: label agreement "
+            f"{agreement:.4f}, max abs difference {report['max_abs_diff']:.3g} (atol {atol}); "
+            f"{len(differing)} texts above atol, largest: {shown}."
+        )
+    return report
