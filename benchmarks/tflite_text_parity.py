@@ -3,8 +3,8 @@ r"""String-input TFLite parity on SST-2 dev: MiniLM encoder and a MiniLM classif
 Exports all-MiniLM-L6-v2 (the real checkpoint) as a string-input TFLite file
 (`kbert.serving.tflite_text.export_text_tflite`: tensorflow-text's
 `FastBertTokenizer` ops and a dense packer inside), and a `BertClassifier`
-with a freshly initialised 2-class head on it, then runs every SST-2 dev
-sentence through each file in the LiteRT interpreter with tensorflow-text's
+with a freshly initialised 2-class head on it, then runs every shared SST-2
+dev sentence (the first 436 of GLUE's 872, see the shared SOURCES.md) through each file in the LiteRT interpreter with tensorflow-text's
 registrar (`verify_text_tflite`) and prints:
   * the file size and its custom ops;
   * the rows whose ids differ from kbert's `BertTokenizer` + `BertPacker`
@@ -14,6 +14,10 @@ registrar (`verify_text_tflite`) and prints:
     real-token sequence output; classifier: probabilities) and the label
     agreement;
   * the median batch-1 latency of the file (raw text in).
+Then, ids only, on larger corpora (SST-2 train, WikiText-2 raw test): the
+device tokenizer (`device_tokenizer`, the same tensorflow-text kernels, run
+by TensorFlow) against kbert's `BertTokenizer`, with the characters that
+explain each differing line.
 
   python -m benchmarks.tflite_text_parity --sequence_length=128
 """
@@ -30,17 +34,48 @@ _SHARED = os.environ.get("KBERT_SHARED_DATA", os.path.join(_REPO, "..", "shared"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("sequence_length", 128, "Packed length L of the files.", lower_bound=3)
-flags.DEFINE_integer("limit", 0, "Use only the first N dev sentences (0: all 872).", lower_bound=0)
+flags.DEFINE_integer("limit", 0, "Use only the first N dev sentences (0: all).", lower_bound=0)
 flags.DEFINE_integer("latency_runs", 20, "Batch-1 runs for the median latency.", lower_bound=1)
 flags.DEFINE_string("out_dir", None, "Keep the .tflite files here (default: a temporary folder).")
 
 
+def _lines(*parts, tsv=False):
+    """Non-empty lines of a shared file (a TSV's first column, header dropped)."""
+    with open(os.path.join(_SHARED, *parts), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if tsv:
+        lines = [line.split("\t")[0] for line in lines[1:]]
+    return [line for line in lines if line.strip()]
+
+
 def _sentences():
-    path = os.path.join(_SHARED, "glue", "SST-2", "dev.tsv")
-    with open(path, encoding="utf-8") as f:
-        rows = f.read().split("\n")[1:]
-    sentences = [row.split("\t")[0] for row in rows if row.strip()]
+    sentences = _lines("glue", "SST-2", "dev.tsv", tsv=True)
     return sentences[:FLAGS.limit] if FLAGS.limit else sentences
+
+
+def _ids_only(tokenizer):
+    """Lines of larger corpora where the device tokenizer's ids differ from kbert's."""
+    import collections
+
+    import tensorflow as tf
+
+    from kbert.serving.tflite_text import device_tokenizer, tokenizer_differences
+
+    device = device_tokenizer(tokenizer)
+    corpora = {"SST-2 train": _lines("glue", "SST-2", "train.tsv", tsv=True),
+               "WikiText-2 raw test": _lines("wikitext-2-raw", "wiki.test.raw")}
+    print("\nids only (device tokenizer run by TensorFlow vs kbert's BertTokenizer):")
+    for name, texts in corpora.items():
+        differing = []
+        for begin in range(0, len(texts), 4096):
+            batch = tf.constant(texts[begin:begin + 4096])
+            pairs = zip(tokenizer(batch).to_list(), device.tokenize(batch).to_list())
+            differing += [begin + i for i, (a, b) in enumerate(pairs) if a != b]
+        characters = tokenizer_differences(tokenizer, [texts[i] for i in differing])
+        unexplained = sum(not c for c in characters)
+        counts = collections.Counter(f"U+{ord(c):04X}" for chars in characters for c in chars)
+        print(f"  {name}: {len(texts)} lines, {len(differing)} differ ({unexplained} unexplained); "
+              f"characters {dict(counts)}")
 
 
 def _latency_ms(path, text):
@@ -101,6 +136,7 @@ def main(argv):
                 codes = ", ".join(f"U+{ord(c):04X}" for c in characters)
                 print(f"    row {row}: {codes}  {sentences[row][:70]!r}")
             print(f"  median batch-1 latency: {_latency_ms(path, sentences[0]):.1f} ms")
+    _ids_only(tokenizer)
 
 
 if __name__ == "__main__":
