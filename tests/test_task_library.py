@@ -102,14 +102,24 @@ def test_read_refuses_compressed_files_and_plain_tflite(task_file, tmp_path):
         start = min(i.header_offset for i in archive.infolist())
         flatbuffer = data[:start]
         files = {i.filename: archive.read(i) for i in archive.infolist()}
-    compressed = tmp_path / "compressed.tflite"
-    compressed.write_bytes(flatbuffer)
-    with zipfile.ZipFile(compressed, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
+
+    def rewrite(name, compression=zipfile.ZIP_STORED, **replaced):
+        path = tmp_path / name
+        path.write_bytes(flatbuffer)
+        with zipfile.ZipFile(path, "a", compression=compression) as archive:
+            for file_name, content in {**files, **replaced}.items():
+                archive.writestr(file_name, content)
+        return str(path)
+
     with pytest.raises(ValueError, match=r"compressed.tflite: associated files \['vocab.txt', "
                                          r"'labels.txt'\] are compressed"):
-        read_task_metadata(str(compressed))
+        read_task_metadata(rewrite("compressed.tflite", zipfile.ZIP_DEFLATED))
+    short = files["vocab.txt"][:files["vocab.txt"].index(b"[unused0]")]
+    with pytest.raises(ValueError, match=r"vocab.txt holds 1 tokens but the `ids` embedding "
+                                         r"table has 30522 rows"):
+        read_task_metadata(rewrite("short.tflite", **{"vocab.txt": short}))
+    with pytest.raises(ValueError, match="2 labels for an output of 3 classes"):
+        read_task_metadata(rewrite("labels.tflite", **{"labels.txt": b"a\nb\n"}))
     missing = tmp_path / "missing.tflite"
     missing.write_bytes(flatbuffer)
     with pytest.raises(ValueError, match="names vocab.txt, which the file does not hold"):

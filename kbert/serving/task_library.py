@@ -51,6 +51,7 @@ import zipfile
 import numpy as np
 
 from kbert.serving.saved_model import atomic_output
+from kbert.serving.tflite import check_tflite_target, id_table_sizes
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -188,15 +189,19 @@ def export_task_classifier(model, vocab_path, label_list, path, sequence_length=
         TypeError (before anything is written): a model that is not a
             `BertClassifier`, a `vocab_path` that is not a path.
         ValueError (all before anything is written): a regression model; a
-            bad label list (see
-            `check_task_labels`); a vocabulary whose size is not the model's
-            `vocab_size` (both named) or that is unreadable or lacks BERT's
-            special tokens (see `kbert.text.load_vocabulary`); a cased
-            vocabulary; a bad `sequence_length`.
+            bad label list (see `check_task_labels`); a vocabulary whose size
+            is not the model's `vocab_size` (both named) or that is
+            unreadable or lacks BERT's special tokens (see
+            `kbert.text.load_vocabulary`); a cased vocabulary; a bad
+            `sequence_length`.
         FileNotFoundError, IsADirectoryError: a missing `vocab_path`.
+
+    References: MediaPipe Model Maker's BERT text classifier export and
+    `mediapipe/tasks/python/metadata/metadata_writers/text_classifier.py`
+    (`create_for_bert_model`), whose metadata this reproduces without the
+    writer's compiled dependencies.
     """
     from kbert.serving.classifier_export import export_classifier_tflite
-    from kbert.serving.tflite import check_tflite_target
 
     labels, tokens = _check_export(model, vocab_path, label_list, lowercase)
     check_tflite_target(model, sequence_length)
@@ -207,13 +212,17 @@ def export_task_classifier(model, vocab_path, label_list, path, sequence_length=
             LABELS_FILE: "\n".join(labels).encode("utf-8"),
         }
         metadata = _metadata_buffer(flatbuffer, len(labels), sequence_length)
-        with open(target, "wb") as f:
-            f.write(_with_metadata(flatbuffer, metadata))
-        # Python's zipfile appends an archive to a file that is not one, with
+        content = io.BytesIO(_with_metadata(flatbuffer, metadata))
+        content.seek(0, io.SEEK_END)
+        # Python's zipfile appends an archive to data that is not one, with
         # offsets that minizip (MediaPipe's reader) resolves from the end.
-        with zipfile.ZipFile(target, "a", compression=zipfile.ZIP_STORED) as archive:
+        with zipfile.ZipFile(content, "a", compression=zipfile.ZIP_STORED) as archive:
             for name, data in files.items():
                 archive.writestr(name, data)
+        with open(target, "wb") as f:
+            f.write(content.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
         read_task_metadata(target)  # the file MediaPipe will read is complete and consistent
     return path
 
@@ -347,8 +356,9 @@ def read_task_metadata(path):
             `ids`, `mask`, `segment_ids` of one shape `(1, length)`; an output
             that is not float32; no BERT tokenizer process unit; an
             associated file missing from the zip archive, or stored
-            compressed; a label count that is not the output's width (each
-            naming the file and the value).
+            compressed; a label count that is not the output's width, or a
+            vocabulary size that is not the rows of the `ids` embedding table
+            (each naming the file and the values).
     """
     tflite_fb, metadata_fb = _schemas()
     with open(path, "rb") as f:
@@ -375,6 +385,10 @@ def read_task_metadata(path):
         raise ValueError(f"{path}: the metadata describes no input and output tensors.")
     names = _signature_io(model)
     subgraph = model.Subgraphs(0)
+    if len(sub.inputTensorMetadata) != subgraph.InputsLength() \
+            or any(not m.name for m in sub.inputTensorMetadata + sub.outputTensorMetadata):
+        raise ValueError(f"{path}: the metadata must name each of the "
+                         f"{subgraph.InputsLength()} inputs and the output.")
     types = {v: k for k, v in vars(tflite_fb.TensorType).items() if not k.startswith("_")}
 
     def describe(tensor_metadata, index):
@@ -416,6 +430,11 @@ def read_task_metadata(path):
     labels = _lines(files[label_files[0]], skip_empty=False) if label_files else []
     if labels and len(labels) != output[2][-1]:
         raise ValueError(f"{path}: {len(labels)} labels for an output of {output[2][-1]} classes.")
+    vocabulary = _lines(files[vocab_name], skip_empty=True)
+    rows = id_table_sizes(path).get(subgraph.Inputs(names.index("ids")))
+    if rows is not None and rows != len(vocabulary):
+        raise ValueError(f"{path}: {vocab_name} holds {len(vocabulary)} tokens but the `ids` "
+                         f"embedding table has {rows} rows.")
     return {
         "name": metadata.name.decode() if metadata.name else None,
         "description": metadata.description.decode() if metadata.description else None,
@@ -425,7 +444,7 @@ def read_task_metadata(path):
         "sequence_length": next(iter(shapes))[1],
         "output": output,
         "tokenizer": kinds[units[0].optionsType],
-        "vocabulary": _lines(files[vocab_name], skip_empty=True),
+        "vocabulary": vocabulary,
         "labels": labels,
         "files": files,
     }
