@@ -20,6 +20,7 @@ Examples:
 
 import os
 import sys
+from contextlib import nullcontext
 
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -46,8 +47,12 @@ def main(argv):
         if FLAGS.texts_file:
             with open(FLAGS.texts_file, encoding="utf-8") as f:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
-        reports = validate.validate_export(argv[1], FLAGS.model, texts=texts or validate.SAMPLE_TEXTS,
-                                           runs=FLAGS.runs)
+        # The TFLite runtime announces its delegate from C++ on stderr; keep that
+        # out of the table unless --verbosity asks for it.
+        quiet = runs.stderr_to_file(os.devnull) if not FLAGS["verbosity"].present else nullcontext()
+        with quiet:
+            reports = validate.validate_export(
+                argv[1], FLAGS.model, texts=texts or validate.SAMPLE_TEXTS, runs=FLAGS.runs)
     except (OSError, ValueError, UnicodeDecodeError, validate.ValidationError) as e:
         print(f"validate: {e}", file=sys.stderr)
         sys.exit(1)

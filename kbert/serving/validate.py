@@ -333,7 +333,8 @@ def call(signature, inputs):
 
 arrays = {}
 for item in plan["calls"]:
-    if item["signature"] not in loaded.signatures:
+    fn = loaded.signatures.get(item["signature"])
+    if fn is None or set(fn.structured_input_signature[1]) != set(item["inputs"]):
         continue
     for key, value in call(item["signature"], item["inputs"]).items():
         value = value.numpy()
