@@ -41,7 +41,9 @@ U+00A0 / U+3000 / U+2028 spaces, U+0007 and U+200B do not (2 of the 436
 shared SST-2 dev sentences, "amélie" and "naiveté", with the same labels).
 `normalize_texts` (BERT's normalisation plus Unicode spaces -> " "), done by
 the app before `classify`, gives kbert's ids on all of them. A cased model
-cannot be served this way (every text is lower-cased) and is refused.
+cannot be served this way (every text is lower-cased) and is refused. The
+classifier gets one text (`segment_ids` all 0): a model fine-tuned on text
+pairs (`text`, `text_pair`) cannot be served this way either.
 """
 
 import io
@@ -170,7 +172,8 @@ def export_task_classifier(model, vocab_path, label_list, path, sequence_length=
     file is replaced only by a complete one.
 
     Args:
-        model: `kbert.models.BertClassifier` with >= 2 classes, float32
+        model: `kbert.models.BertClassifier` with >= 2 classes, trained on
+            single texts (MediaPipe sends no second segment), float32
             weights recommended.
         vocab_path: str, the `vocab.txt` the model was trained with (its
             `tokenizer_config.json`, if beside it, gives the casing).
