@@ -315,8 +315,8 @@ if os.path.exists(warmup):
             inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
             result = loaded.signatures[name](**inputs)
             for key, value in result.items():
-                if value.dtype.is_floating and not np.isfinite(value.numpy()).all():
-                    raise ValueError(f"output {key} is not finite")
+                if value.dtype.is_floating and np.isnan(value.numpy()).any():
+                    raise ValueError(f"output {key} holds NaN")
             report["warmup"]["requests"] += 1
             report["warmup"].setdefault("signatures", [])
             if name not in report["warmup"]["signatures"]:
@@ -456,8 +456,8 @@ def validate_saved_model(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
 def _saved_model_kind(signatures):
     outputs = set(signatures.get("serving_default", {}).get("outputs", []))
     for kind, marker in (("encoder", "pooled_output"), ("classifier", "probabilities"),
-                         ("regressor", "score"), ("embedder", "embeddings"), ("tagger", "tags"),
-                         ("question answering", "answer")):
+                         ("question answering", "answer"), ("regressor", "score"),
+                         ("embedder", "embeddings"), ("tagger", "tags")):
         if marker in outputs:
             return kind
     return "model"
