@@ -99,6 +99,7 @@ def test_edge_texts_have_defined_ids(encoder_file, uncased_tokenizer):
     assert out["padding_mask"][0].sum() == 2 and out["num_wordpieces"][0] == 0
     # Longer than LENGTH: cut to LENGTH - 2 pieces, the count says by how much.
     assert out["num_wordpieces"][2] == 40 and out["padding_mask"][2].all()
+    assert out["truncated"].tolist() == [False, False, True, False, False, False, False]
     assert out["token_ids"][2][-1] == SEP
     # "[MASK]" and "[SEP]" in text are plain text (`[`, `mask`, `]`), never special ids.
     masked = out["token_ids"][3]
@@ -191,7 +192,9 @@ def test_pack_dense_equals_bert_packer(length):
         reference = packer(segments[:count] if count == 2 else segments[0])
         for name, value in reference.items():
             np.testing.assert_array_equal(dense[name].numpy(), value.numpy(), err_msg=name)
-        np.testing.assert_array_equal(dense["num_wordpieces"].numpy(), lengths[:, :count].sum(1))
+        pieces = lengths[:, :count].sum(1)
+        np.testing.assert_array_equal(dense["num_wordpieces"].numpy(), pieces)
+        np.testing.assert_array_equal(dense["truncated"].numpy(), pieces > length - count - 1)
 
 
 @pytest.mark.slow

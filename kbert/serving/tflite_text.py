@@ -101,9 +101,10 @@ def pack_dense(segments, sequence_length, cls_id, sep_id, pad_id=0):
 
     Returns:
         dict of int32 `(batch_size, L)` tensors `token_ids`, `segment_ids`,
-        `padding_mask`, and int32 `num_wordpieces` `(batch_size,)`: the
-        pieces of all segments before trimming (more than
-        `L - len(segments) - 1` means the text was cut).
+        `padding_mask`; int32 `num_wordpieces` `(batch_size,)`, the pieces
+        of all segments before trimming, and bool `truncated`
+        `(batch_size,)`, True where they exceed the `L - len(segments) - 1`
+        left by the special tokens (the text was cut).
     """
     lengths = [tf.cast(s.row_lengths(), tf.int32) for s in segments]
     budget = sequence_length - len(segments) - 1
@@ -128,11 +129,13 @@ def pack_dense(segments, sequence_length, cls_id, sep_id, pad_id=0):
         segment_ids = tf.where((j >= start) & (j <= start + count), index, segment_ids)
         start = start + count + 1
     padding_mask = tf.cast(j < start, tf.int32)
+    num_wordpieces = tf.add_n(lengths)
     return {
         "token_ids": token_ids,
         "segment_ids": segment_ids,
         "padding_mask": padding_mask,
-        "num_wordpieces": tf.add_n(lengths),
+        "num_wordpieces": num_wordpieces,
+        "truncated": num_wordpieces > budget,
     }
 
 
@@ -145,9 +148,11 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
         converted with a dynamic batch dimension; `run_text_tflite` resizes).
       * outputs, every model: int32 `token_ids`, `segment_ids`,
         `padding_mask` `(batch, sequence_length)` (the packed inputs, to see
-        what the model saw) and `num_wordpieces` `(batch,)` (pieces before
-        truncation: above `sequence_length - num_segments - 1`, the text was
-        cut).
+        what the model saw), int32 `num_wordpieces` `(batch,)` (pieces of
+        all segments before truncation) and bool `truncated` `(batch,)`
+        (they exceeded the `sequence_length - num_segments - 1` left by the
+        special tokens, so the text was cut); as the SavedModel's text
+        signatures.
       * `BertEncoder`: float32 `pooled_output` `(batch, hidden_size)`,
         `sequence_output` `(batch, sequence_length, hidden_size)`.
       * `BertClassifier`: float32 `probabilities` `(batch, num_classes)`
