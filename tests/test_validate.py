@@ -129,3 +129,22 @@ def test_recipe_is_read_off_the_tensor_types(encoder, tmp_path):
             converter.target_spec.supported_types = dtypes
         found[name] = validate.tflite_recipe(Interpreter(model_content=converter.convert()))
     assert found == {"float32": "float32", "float16": "float16", "dynamic_int8": "dynamic_int8"}
+
+
+def test_a_mediapipe_file_runs_in_mediapipe_too(encoder, uncased_tokenizer, uncased_vocab, tmp_path):
+    """A Task-format classifier gets two rows: the LiteRT interpreter and MediaPipe's TextClassifier."""
+    from kbert.models import BertClassifier
+    from kbert.serving import task_library
+
+    model = BertClassifier(encoder, 3)
+    randomize(model, seed=7, scale=0.3)
+    path = str(tmp_path / "classifier.tflite")
+    task_library.export_task_classifier(model, uncased_vocab, ["neg", "neu", "pos"], path, 16)
+    reports = validate.validate_export(path, model, uncased_tokenizer)
+    assert [r.kind for r in reports] == ["TFLite classifier float32", "MediaPipe TextClassifier"]
+    for report in reports:
+        assert report.passed, report.problems
+        assert report.max_abs_diff <= 1e-5 and report.label_agreement == 1.0
+    other = BertClassifier(BertEncoder.from_config(encoder.get_config()), 3)
+    randomize(other, seed=8, scale=0.3)
+    assert not any(r.passed for r in validate.validate_export(path, other, uncased_tokenizer))

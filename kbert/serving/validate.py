@@ -560,6 +560,64 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
     return judge(report, recipe)
 
 
+def has_task_metadata(path):
+    """Whether a `.tflite` file carries TFLite Model Metadata (a MediaPipe/Task Library file)."""
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+
+    with open(path, "rb") as f:
+        model = schema_fb.Model.GetRootAs(f.read(), 0)
+    return any(model.Metadata(i).Name() == b"TFLITE_METADATA" for i in range(model.MetadataLength()))
+
+
+def validate_task_file(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
+    """Runs a MediaPipe-format classifier in MediaPipe's `TextClassifier`, as an app does.
+
+    MediaPipe tokenizes the text itself from the file's metadata; the texts
+    are first normalised as an app should (`task_library.normalize_texts`:
+    MediaPipe's tokenizer does not strip accents) and the reference is the
+    Keras model on kbert's ids of the same texts at the file's length.
+
+    Returns:
+        `ArtifactReport` (kind "MediaPipe TextClassifier"), judged as float32.
+    """
+    import time
+
+    from mediapipe.tasks.python.core import base_options
+    from mediapipe.tasks.python.text import text_classifier
+
+    from kbert.serving import task_library
+
+    report = ArtifactReport(path, "MediaPipe TextClassifier", _size(path))
+    try:
+        info = task_library.read_task_metadata(path)
+    except ValueError as error:
+        report.problems.append(str(error))
+        report.passed = False
+        return report
+    texts = task_library.normalize_texts(texts)
+    options = text_classifier.TextClassifierOptions(
+        base_options=base_options.BaseOptions(model_asset_path=os.fspath(path)))
+    with text_classifier.TextClassifier.create_from_options(options) as classifier:
+        scores = []
+        for text in texts:
+            categories = classifier.classify(text).classifications[0].categories
+            by_name = {c.category_name: c.score for c in categories}
+            scores.append([by_name[label] for label in info["labels"]])
+        times = []
+        for _ in range(max(runs, 20) + 1):
+            start = time.perf_counter()
+            classifier.classify(texts[0])
+            times.append(time.perf_counter() - start)
+    features = pack_texts(tokenizer, texts, info["sequence_length"])
+    report.max_abs_diff, report.cosine, report.label_agreement = compare_arrays(
+        {"probabilities": np.array(scores, np.float32)}, reference_outputs(model, features),
+        features["padding_mask"])
+    report.latency_ms = 1000 * float(np.median(times[1:]))
+    report.notes.append(f"{len(info['labels'])} labels, length {info['sequence_length']}, "
+                        "text tokenized by MediaPipe")
+    return judge(report, "float32")
+
+
 def validate_export(path, model=None, tokenizer=None, texts=SAMPLE_TEXTS, runs=20):
     """Validates every artifact at or under `path` against the Keras model.
 
@@ -602,6 +660,8 @@ def validate_export(path, model=None, tokenizer=None, texts=SAMPLE_TEXTS, runs=2
             reports.append(validate_saved_model(artifact, model, tokenizer, texts, runs))
         else:
             reports.append(validate_tflite(artifact, model, tokenizer, texts, runs))
+            if has_task_metadata(artifact):
+                reports.append(validate_task_file(artifact, model, tokenizer, texts, runs))
     return reports
 
 
