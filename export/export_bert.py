@@ -4,11 +4,13 @@ r"""Exports a pretrained BERT encoder as a TF Serving SavedModel and a TFLite fi
 `trainers.pretrain`, a HuggingFace folder (e.g. all-MiniLM-L6-v2), a Google or
 Model Garden checkpoint, or a kbert `.keras` file. The vocabulary and casing come
 from beside it (`vocab.txt`, `tokenizer_config.json`) unless given. Writes
-  OUTPUT_DIR/saved_model/bert/VERSION/   (TF Serving layout, text + id signatures)
+  OUTPUT_DIR/saved_model/bert/VERSION/   (TF Serving layout, text + id signatures, a
+                                         fill-mask signature when the checkpoint has a
+                                         masked-LM head, a TF Serving warmup file)
   OUTPUT_DIR/bert_vVERSION.tflite        (id inputs, fixed sequence length)
 VERSION is one past the newest already there (nothing is overwritten). Checks each
 against the Keras model (the SavedModel in a fresh process) and prints a prediction
-from each.
+from each, and the SavedModel's fill-mask answer for --fill_mask_texts.
 
 Examples:
   python -m export.export_bert --checkpoint=runs/demo --output_dir=runs/demo/export
@@ -21,7 +23,7 @@ import sys
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Run folder of trainers.pretrain, HF folder, Google/Model Garden checkpoint or .keras file.")
@@ -34,6 +36,8 @@ flags.DEFINE_float("atol", 1e-4, "Largest allowed abs difference from Keras.")
 flags.DEFINE_string("config", None, "bert_config.json, for a checkpoint without one beside it.")
 flags.DEFINE_string("vocab_file", None, "vocab.txt (default: the one beside --checkpoint).")
 flags.DEFINE_bool("lowercase", None, "Tokenizer casing (default: tokenizer_config.json beside the vocabulary, else inferred from it).")
+flags.DEFINE_integer("top_k", 5, "Tokens (with probabilities) the serving_fill_mask signature returns per [MASK].")
+flags.DEFINE_multi_string("fill_mask_texts", ["The capital of France is [MASK]."], "Texts with [MASK] for the fill-mask check and printout (checkpoints with a masked-LM head).")
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
@@ -56,6 +60,7 @@ def main(argv):
             FLAGS.checkpoint, FLAGS.output_dir, version, FLAGS.sequence_length, FLAGS.texts,
             FLAGS.atol, FLAGS.config, FLAGS.vocab_file, FLAGS.lowercase,
             log_path=os.path.join(FLAGS.output_dir, "export.log"),  # created after the checks
+            top_k=FLAGS.top_k, fill_mask_texts=FLAGS.fill_mask_texts,
         )
     except (OSError, ValueError, TypeError,
             checkpoints.CheckpointMismatchError, serving.ExportVerificationError) as e:
@@ -66,6 +71,17 @@ def main(argv):
           f"(max abs diff vs Keras, fresh process: {result['saved_model_diff']:.2e})")
     for sentence, pooled in zip(FLAGS.texts, result["saved_model_pooled"]):
         print(f"  SavedModel pooled_output[:4] for {sentence!r}: {_head(pooled)}")
+    filled = result["fill_mask"]
+    if filled is None:
+        print("  No masked-LM head in the checkpoint: no serving_fill_mask signature.")
+    for i, sentence in enumerate(FLAGS.fill_mask_texts if filled is not None else ()):
+        if filled["num_masks"][i] == 0:
+            print(f"  SavedModel serving_fill_mask for {sentence!r}: no [MASK] within "
+                  f"--sequence_length={FLAGS.sequence_length}.")
+        for m in range(filled["num_masks"][i]):
+            guesses = ", ".join(f"{token!r} {p:.3f}" for token, p in zip(
+                filled["top_tokens"][i, m], filled["top_probabilities"][i, m]))
+            print(f"  SavedModel serving_fill_mask for {sentence!r}, [MASK] {m + 1}: {guesses}")
     for sentence, pooled in zip(FLAGS.texts, result["tflite_pooled"]):
         print(f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)}")
     print(f"TFLite: {result['tflite']} ({result['tflite_size'] / 1e6:.1f} MB, "

@@ -4,10 +4,12 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
   * `serving_default`: `text` tf.string `(batch,)` (and `text_pair` for
     two-segment tasks) -> float32 `probabilities` `(batch, num_classes)`,
     tf.string `label` `(batch,)` (the class name from the label list),
-    int32 `label_id` `(batch,)`, float32 `logits`, and int32
-    `num_wordpieces` `(batch,)` (pieces before trimming, so a caller can see
-    that a text was cut to `sequence_length`). For regression (one output):
-    float32 `score` `(batch,)` and `num_wordpieces`.
+    int32 `label_id` `(batch,)`, float32 `logits`, int32 `num_wordpieces`
+    `(batch,)` (pieces of all segments before trimming) and bool
+    `truncated` `(batch,)` (the pieces exceeded the
+    `sequence_length - num_segments - 1` left by `[CLS]` and the `[SEP]`s,
+    so the text was cut). For regression (one output): float32 `score`
+    `(batch,)`, `num_wordpieces` and `truncated`.
   * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
     `(batch, length)`, length <= `max_position_embeddings` ->
     `probabilities`, `logits` (or `score`).
@@ -17,7 +19,9 @@ Requests are checked in the graph and refused with
 `tf.errors.InvalidArgumentError` naming the input: text that is not a 1-D
 batch of strings, `text` and `text_pair` of different sizes, ids not of
 rank 2 or of different shapes, a length above `max_position_embeddings`.
-Each weight is stored once, and the version folder is written atomically.
+Each weight is stored once, and the version folder is written atomically,
+with a TF Serving warmup request for every signature in
+`assets.extra/tf_serving_warmup_requests` (`kbert.serving.warmup`).
 TFLite (TFLite builtin ops only): int32 `ids`, `mask`, `segment_ids`
 `(1, sequence_length)` -> float32 `probabilities` `(1, num_classes)` in
 signature `serving_default`: the input names of the TFLite Task Library's
@@ -33,13 +37,17 @@ import tensorflow as tf
 
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
+    WARMUP_SECOND_TEXTS,
+    WARMUP_TEXTS,
     ExportVerificationError,
     add_token_ids_endpoints,
     check_export_target,
     check_text_batch,
     new_export_archive,
+    packed_sample_ids,
     run_saved_model_in_fresh_process,
     text_input_specs,
+    truncation_outputs,
     write_archive,
 )
 from kbert.serving.tflite import (
@@ -106,7 +114,7 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
         features = preprocessor(tuple(texts) if len(texts) == 2 else texts[0])
         outputs = _head_outputs(model, features, regression)
         pieces = sum(tokenizer(t).row_lengths() for t in texts)
-        outputs["num_wordpieces"] = tf.cast(pieces, tf.int32)
+        outputs.update(truncation_outputs(pieces, sequence_length, len(texts)))
         if not regression:
             label_id = tf.argmax(outputs["probabilities"], axis=-1, output_type=tf.int32)
             outputs["label_id"] = label_id
@@ -123,7 +131,11 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
         archive, lambda features: _head_outputs(model, features, regression),
         model.encoder.bert_config,
     )
-    return write_archive(archive, path)
+    samples = {"text": list(WARMUP_TEXTS), "text_pair": list(WARMUP_SECOND_TEXTS)}
+    samples = {name: samples[name] for name in names}
+    features = preprocessor(tuple(samples.values()) if num_segments == 2 else samples["text"])
+    requests = [(TEXT_SIGNATURE, samples), *packed_sample_ids(features)]
+    return write_archive(archive, path, requests)
 
 
 def export_classifier_tflite(model, path, sequence_length=128):

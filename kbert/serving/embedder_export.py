@@ -3,14 +3,18 @@
 SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
   * `serving_default`: `text` tf.string `(batch,)` -> float32 `embeddings`
     `(batch, hidden_size)` (pooled and, if the embedder normalises, of unit
-    L2 norm: Reimers & Gurevych 2019, sentence-transformers' recipe) and
-    int32 `num_wordpieces` `(batch,)` (WordPieces before truncation: more
-    than `sequence_length - 2` means the text was cut).
+    L2 norm: Reimers & Gurevych 2019, sentence-transformers' recipe),
+    int32 `num_wordpieces` `(batch,)` (WordPieces before truncation) and
+    bool `truncated` `(batch,)` (the text was cut:
+    `num_wordpieces > sequence_length - 2`).
   * `serving_token_ids` (int32) and `serving_token_ids_int64`: `token_ids`,
     `segment_ids`, `padding_mask` `(batch, length)`, length <=
     `max_position_embeddings`, checked in the graph -> float32 `embeddings`.
   * `serving_wordpieces`: `text` -> the packed int32 `token_ids` and their
-    tf.string `wordpieces`, read from the `vocab.txt` asset (what the model saw).
+    tf.string `wordpieces`, read from the `vocab.txt` asset (what the model
+    saw), with `num_wordpieces` and `truncated`.
+`assets.extra/tf_serving_warmup_requests` holds a TF Serving warmup request
+for every signature (`kbert.serving.warmup`).
 """
 
 import os
@@ -20,24 +24,21 @@ import numpy as np
 import tensorflow as tf
 
 from kbert.serving.saved_model import (
+    WARMUP_TEXTS,
     ExportVerificationError,
     check_export_target,
     run_saved_model_in_fresh_process,
     text_model_archive,
+    text_model_warmup_requests,
+    text_packer,
     text_to_inputs,
     write_archive,
 )
-from kbert.text.bert_packer import BertPacker
 from kbert.text.vocabulary import load_vocabulary
 
 
-def _packer(tokenizer, sequence_length):
-    special = tokenizer.special_token_ids
-    return BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
-
-
 def export_embedder_saved_model(embedder, tokenizer, vocab_path, export_base, sequence_length=128,
-                                version=1):
+                                version=1, warmup_texts=WARMUP_TEXTS):
     """Writes a `BertTextEmbedder` with its in-graph tokenizer as a TF Serving SavedModel.
 
     Text is tokenized in the graph and packed as `[CLS] text [SEP]`,
@@ -56,14 +57,17 @@ def export_embedder_saved_model(embedder, tokenizer, vocab_path, export_base, se
             of the text signatures (all-MiniLM-L6-v2 was trained with 256
             at most, and sentence-transformers truncates there).
         version: int >= 1, the version subfolder.
+        warmup_texts: non-empty sequence of str, the text of the warmup
+            requests (their packed ids feed the token-id signatures').
 
     Returns:
         str, the path `export_base/version`.
 
     Raises:
         ValueError: `sequence_length` above `max_position_embeddings`,
-            `version` < 1, an existing version folder, or a tokenizer or
-            `vocab_path` whose vocabulary is not the encoder's (sizes named).
+            `version` < 1, an existing version folder, no `warmup_texts`, or
+            a tokenizer or `vocab_path` whose vocabulary is not the
+            encoder's (sizes named).
     """
     path = os.path.join(export_base, str(version))
     check_export_target(embedder, sequence_length, version, path)
@@ -80,7 +84,8 @@ def export_embedder_saved_model(embedder, tokenizer, vocab_path, export_base, se
         return {"embeddings": tf.cast(embedder(features, training=False), tf.float32)}
 
     archive = text_model_archive(embedder, tokenizer, vocab_path, sequence_length, embed)
-    return write_archive(archive, path)
+    requests = text_model_warmup_requests(tokenizer, sequence_length, warmup_texts)
+    return write_archive(archive, path, requests)
 
 
 def verify_embedder_saved_model(path, embedder, tokenizer, texts, sequence_length=128, atol=1e-4):
@@ -107,7 +112,7 @@ def verify_embedder_saved_model(path, embedder, tokenizer, texts, sequence_lengt
             WordPiece counts, or a folder that fails to load.
     """
     features, num_wordpieces = text_to_inputs(
-        tokenizer, _packer(tokenizer, sequence_length), tf.constant(list(texts), tf.string)
+        tokenizer, text_packer(tokenizer, sequence_length), tf.constant(list(texts), tf.string)
     )
     expected = keras.ops.convert_to_numpy(embedder(features, training=False)).astype(np.float32)
     actual = run_saved_model_in_fresh_process(path, list(texts))

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 DEFAULT_TEXTS = ("The quick brown fox jumps over the lazy dog.", "A function returns a value.")
+DEFAULT_FILL_MASK_TEXTS = ("The capital of France is [MASK].",)
 
 
 def tflite_path(output_dir, version):
@@ -26,7 +27,8 @@ def saved_model_base(output_dir):
 
 
 def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=DEFAULT_TEXTS,
-                   atol=1e-4, config=None, vocab_file=None, lowercase=None, log_path=None):
+                   atol=1e-4, config=None, vocab_file=None, lowercase=None, log_path=None,
+                   top_k=5, fill_mask_texts=DEFAULT_FILL_MASK_TEXTS):
     """Exports the encoder of any checkpoint `kbert.checkpoints.load` reads, and checks both files.
 
     Nothing is written before every input is checked, and both files are
@@ -35,11 +37,14 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
     interrupted export never leaves a version behind.
 
     Writes `OUTPUT_DIR/saved_model/bert/VERSION/` (signatures of
-    `export_saved_model`: text in, ids in, wordpieces) and
-    `OUTPUT_DIR/bert_vVERSION.tflite` (int32 ids in, fixed
-    `(1, sequence_length)`). The SavedModel is checked in a fresh process and
-    the TFLite file in the interpreter against the Keras encoder on `texts`.
-    The encoder is exported in float32 whatever dtype it was trained in.
+    `export_saved_model`: text in, ids in, wordpieces, and `serving_fill_mask`
+    when the checkpoint has a masked-LM head, see
+    `kbert.serving.fill_mask.load_masked_lm`; a TF Serving warmup file with
+    `texts`) and `OUTPUT_DIR/bert_vVERSION.tflite` (int32 ids in, fixed
+    `(1, sequence_length)`). The SavedModel is checked in one fresh process
+    (the encoder on `texts`, fill-mask on `fill_mask_texts`) and the TFLite
+    file in the interpreter against the Keras models. Everything is exported
+    in float32 whatever dtype it was trained in.
 
     Args:
         checkpoint: str, a HuggingFace folder, Google or Model Garden
@@ -56,26 +61,37 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
         lowercase: optional bool (default: the checkpoint's
             `tokenizer_config.json`, else inferred from the vocabulary).
         log_path: optional file for the TFLite converter's C++ logging.
+        top_k: int in `[1, vocab_size]`, predictions per mask of `serving_fill_mask`.
+        fill_mask_texts: sample strings with `[MASK]` for the fill-mask check.
 
     Returns:
         dict: `saved_model` (path), `saved_model_diff` (float), `saved_model_pooled`
-        (float32 `(len(texts), hidden_size)`), `tflite` (path), `tflite_size` (bytes),
-        `tflite_diff` (float, worst over texts), `tflite_pooled`, `lowercase` and
-        `lowercase_source` (where the casing came from).
+        (float32 `(len(texts), hidden_size)`), `fill_mask` (the SavedModel's
+        `serving_fill_mask` outputs on `fill_mask_texts`, a dict of arrays, or
+        None without a masked-LM head), `fill_mask_diff` (float or None),
+        `tflite` (path), `tflite_size` (bytes), `tflite_diff` (float, worst over
+        texts), `tflite_pooled`, `lowercase` and `lowercase_source` (where the
+        casing came from).
 
     Raises:
         FileNotFoundError, ValueError: unreadable checkpoint or vocabulary, a
-            vocabulary of another size, `sequence_length` above the limit.
+            vocabulary of another size, `sequence_length` above the limit, a
+            bad `top_k`, no `fill_mask_texts` for a checkpoint with a head.
         FileExistsError: a target exists (checked before anything is written).
         NotADirectoryError: `output_dir` is a file.
         ExportVerificationError: an export disagrees with Keras beyond `atol`.
     """
-    from kbert import checkpoints, text
+    from kbert import text
     from kbert.checkpoints import tokenizer_files
+    from kbert.serving import fill_mask
 
     if not texts:
         raise ValueError("texts must hold at least one sample string for the checks.")
-    encoder = checkpoints.load(checkpoint, config=config, dtype="float32")
+    encoder, pretrainer = fill_mask.load_masked_lm(checkpoint, config=config)
+    if pretrainer is not None:
+        fill_mask.check_top_k(top_k, encoder.bert_config.vocab_size)
+        if not fill_mask_texts:
+            raise ValueError("fill_mask_texts must hold at least one sample string.")
     vocab_path = vocab_file or tokenizer_files.find_vocabulary(checkpoint)
     tokenizer_files.check_vocabulary(vocab_path, encoder.bert_config.vocab_size)
     source = "--lowercase" if lowercase is not None else None
@@ -103,8 +119,9 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
     os.makedirs(output_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".export-partial-", dir=output_dir)
     try:
-        result = _export_and_check(encoder, tokenizer, vocab_path, stage, version,
-                                   sequence_length, list(texts), atol, log_path or os.devnull)
+        result = _export_and_check(pretrainer or encoder, tokenizer, vocab_path, stage, version,
+                                   sequence_length, list(texts), atol, log_path or os.devnull,
+                                   top_k, list(fill_mask_texts))
         os.makedirs(saved_model_base(output_dir), exist_ok=True)
         for staged, target in ((result["saved_model"], saved_model_path),
                                (result["tflite"], lite_path)):
@@ -118,28 +135,44 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
     return result
 
 
-def _export_and_check(encoder, tokenizer, vocab_path, folder, version, sequence_length, texts,
-                      atol, log):
+def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_length, texts,
+                      atol, log, top_k, fill_mask_texts):
     """Writes both files under `folder` and checks them; returns `export_encoder`'s dict."""
-    from kbert import text
-    from kbert.serving import saved_model, tflite
+    from kbert.models import BertPretrainer
+    from kbert.serving import fill_mask, saved_model, tflite
     from kbert.training.runs import stderr_to_file  # the converter logs from C++
 
+    pretrainer = model if isinstance(model, BertPretrainer) else None
+    encoder = pretrainer.encoder if pretrainer is not None else model
     path = saved_model.export_saved_model(
-        encoder, tokenizer, vocab_path, os.path.join(folder, "saved_model"), sequence_length,
-        version)
+        model, tokenizer, vocab_path, os.path.join(folder, "saved_model"), sequence_length,
+        version, top_k=top_k, warmup_texts=texts)
+    # One fresh process (as TF Serving loads the folder) for every check of the SavedModel.
+    requests = [(saved_model.TEXT_SIGNATURE, {"text": texts})]
+    if pretrainer is not None:
+        requests.append((fill_mask.FILL_MASK_SIGNATURE, {"text": fill_mask_texts}))
+    served = saved_model.run_requests_in_fresh_process(path, requests)
+    packer = saved_model.text_packer(tokenizer, sequence_length)
+    features, _ = saved_model.text_to_inputs(tokenizer, packer, tf.constant(texts))
+    expected = {k: np.asarray(v, np.float32)
+                for k, v in encoder(features, training=False).items()}
     result = {
         "saved_model": path,
-        "saved_model_diff": saved_model.verify_saved_model(
-            path, encoder, tokenizer, texts, sequence_length, atol),
-        "saved_model_pooled": saved_model.run_saved_model_in_fresh_process(path, texts)[
-            "pooled_output"],
+        "saved_model_diff": saved_model.compare_outputs(
+            served[0], expected, features["padding_mask"], atol, f"SavedModel {path}"),
+        "saved_model_pooled": served[0]["pooled_output"],
+        "fill_mask": None,
+        "fill_mask_diff": None,
     }
+    if pretrainer is not None:
+        reference = fill_mask.fill_mask(pretrainer, tokenizer, fill_mask_texts, top_k,
+                                        sequence_length)
+        result["fill_mask_diff"] = fill_mask.compare_fill_mask(
+            served[1], reference, atol, f"SavedModel {path} ({fill_mask.FILL_MASK_SIGNATURE})")
+        result["fill_mask"] = served[1]
     lite_path = tflite_path(folder, version)
     with stderr_to_file(log):
         tflite.export_tflite(encoder, lite_path, sequence_length, batch_size=1)
-    special = tokenizer.special_token_ids
-    packer = text.BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
     diffs, pooled = [], []
     for sentence in texts:
         features = {k: v.numpy() for k, v in packer(tokenizer(tf.constant([sentence]))).items()}

@@ -5,9 +5,12 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
     tf.string `answer` `(batch,)` (a substring of the context, original
     casing and punctuation), int32 `start_char`/`end_char` `(batch,)`
     (Unicode character offsets into `context`, end exclusive; -1 when there
-    is no answer), float32 `score` (start logit + end logit) and bool
+    is no answer), float32 `score` (start logit + end logit), bool
     `context_truncated` (the context did not fit one window of
-    `sequence_length`; its tail was not searched).
+    `sequence_length`; its tail was not searched), int32 `num_wordpieces`
+    (question and context pieces before any cut) and bool `truncated`
+    (the question was cut to `max_query_length` pieces or the context
+    was cut).
   * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
     `(batch, length)`, length <= `max_position_embeddings` -> float32
     `start_logits`, `end_logits` `(batch, length)`.
@@ -17,7 +20,10 @@ Requests are checked in the graph and refused with
 `tf.errors.InvalidArgumentError` naming the input: `question`/`context`
 that are not 1-D batches of strings or differ in size, ids not of rank 2 or
 of different shapes, a length above `max_position_embeddings`. Each weight
-is stored once, and the version folder is written atomically.
+is stored once, and the version folder is written atomically, with a TF
+Serving warmup request for every signature in
+`assets.extra/tf_serving_warmup_requests` (`kbert.serving.warmup`; the
+token-id requests hold the sample question and context packed as a pair).
 
 The text signature packs `[CLS] question [SEP] context [SEP]` in one window
 (question cut to `max_query_length` pieces, context to what is left) and
@@ -39,15 +45,19 @@ import tensorflow_text as tf_text
 
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
+    WARMUP_SECOND_TEXTS,
+    WARMUP_TEXTS,
     ExportVerificationError,
     add_token_ids_endpoints,
     check_export_target,
     check_text_batch,
     new_export_archive,
+    packed_sample_ids,
     run_saved_model_in_fresh_process,
     text_input_specs,
     write_archive,
 )
+from kbert.text.bert_text_preprocessor import BertTextPreprocessor
 from kbert.text.normalization import normalize_text
 
 _NO_SPAN = -1e9
@@ -92,10 +102,12 @@ def answer_questions(model, tokenizer, question, context, sequence_length=384,
 
     Returns:
         dict of `(batch,)` tensors: `answer`, `start_char`, `end_char`,
-        `score`, `context_truncated` (see the module docstring).
+        `score`, `context_truncated`, `num_wordpieces`, `truncated` (see
+        the module docstring).
     """
     special = tokenizer.special_token_ids
-    question_ids = tokenizer(question)[:, :max_query_length]
+    all_question_ids = tokenizer(question)
+    question_ids = all_question_ids[:, :max_query_length]
     context_ids, starts, ends = _context_pieces(tokenizer, context)
     question_ids, kept_ids = tf_text.WaterfallTrimmer(sequence_length - 3).trim(
         [question_ids, context_ids]
@@ -148,6 +160,9 @@ def answer_questions(model, tokenizer, question, context, sequence_length=384,
         "end_char": tf.where(has_answer, end_char, -1),
         "score": tf.where(has_answer, best_score, float("-inf")),
         "context_truncated": truncated,
+        "num_wordpieces": tf.cast(
+            all_question_ids.row_lengths() + context_ids.row_lengths(), tf.int32),
+        "truncated": truncated | (all_question_ids.row_lengths() > max_query_length),
     }
 
 
@@ -195,7 +210,10 @@ def export_question_answering_saved_model(model, tokenizer, export_base, sequenc
         input_signature=text_input_specs("question", "context"),
     )
     add_token_ids_endpoints(archive, serve_token_ids, model.encoder.bert_config)
-    return write_archive(archive, path)
+    samples = {"question": list(WARMUP_SECOND_TEXTS), "context": list(WARMUP_TEXTS)}
+    features = BertTextPreprocessor(tokenizer, sequence_length)(tuple(samples.values()))
+    requests = [(TEXT_SIGNATURE, samples), *packed_sample_ids(features)]
+    return write_archive(archive, path, requests)
 
 
 def verify_question_answering_saved_model(path, model, tokenizer, questions, contexts,

@@ -8,7 +8,11 @@ Shared by every SavedModel/TFLite writer in `kbert.serving`:
     int64), whose requests are checked in the graph (`check_token_ids_batch`),
     as text signatures are (`text_input_specs`, `check_text_batch`);
   * `write_archive` / `atomic_output` write into a temporary sibling and
-    rename it into place, so a failure leaves nothing at the target.
+    rename it into place, so a failure leaves nothing at the target;
+    `write_archive` also writes the TF Serving warmup file
+    (`kbert.serving.warmup`) into the folder before it is published;
+  * text signatures say when a text was cut to the packed length
+    (`num_wordpieces`, `truncated`).
 """
 
 import contextlib
@@ -33,11 +37,16 @@ from kbert.serving.request_checks import (  # noqa: F401  (re-exported for the e
     text_input_specs,
     token_ids_input_specs,
 )
+from kbert.serving.warmup import write_warmup_requests
 from kbert.text.bert_packer import BertPacker, min_sequence_length
 from kbert.text.vocabulary import load_vocabulary
 
 TEXT_SIGNATURE = "serving_default"
 WORDPIECES_SIGNATURE = "serving_wordpieces"
+# Sample inputs of the warmup files (`kbert.serving.warmup`): a sentence and an empty string;
+# second segments (text pairs, QA contexts) for two-input signatures.
+WARMUP_TEXTS = ("The quick brown fox jumps over the lazy dog.", "")
+WARMUP_SECOND_TEXTS = ("Who jumps over the lazy dog?", "")
 
 
 class ExportVerificationError(RuntimeError):
@@ -177,23 +186,49 @@ def atomic_output(path):
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def write_archive(archive, path):
-    """Writes `archive` as a SavedModel at `path`, atomically (see `atomic_output`).
+def write_archive(archive, path, warmup_requests):
+    """Writes `archive` as a SavedModel at `path` with its warmup file, atomically.
+
+    The SavedModel and `assets.extra/tf_serving_warmup_requests` are written
+    into a temporary sibling that is renamed to `path` only when both are
+    complete (see `atomic_output`), so TF Serving never loads a version
+    without its warmup requests.
 
     Args:
         archive: a `keras.export.ExportArchive` with its endpoints.
         path: str, the SavedModel folder (must not exist).
+        warmup_requests: list of `(signature, inputs)`, at least one for
+            every signature of the archive (see
+            `kbert.serving.warmup.write_warmup_requests`).
 
     Returns:
         str, `path`.
 
     Raises:
         FileExistsError: `path` appeared while writing.
+        ValueError: warmup requests that miss a signature or do not match
+            its inputs (see `kbert.serving.warmup.check_warmup_requests`).
         Whatever tracing or writing raises; nothing is left at `path` then.
     """
     with atomic_output(path) as temporary:
         archive.write_out(temporary, verbose=False)
+        write_warmup_requests(temporary, warmup_requests)
     return path
+
+
+def packed_sample_ids(features):
+    """The warmup requests of both token-id signatures for packed int32 `features`.
+
+    Args:
+        features: dict of `INPUT_NAMES` -> int `(batch, length)` arrays or tensors.
+
+    Returns:
+        list of `(signature, inputs)`: `serving_token_ids` with int32 and
+        `serving_token_ids_int64` with int64 arrays.
+    """
+    arrays = {k: np.asarray(v) for k, v in features.items()}
+    return [(TOKEN_IDS_SIGNATURE, {k: v.astype(np.int32) for k, v in arrays.items()}),
+            (TOKEN_IDS_INT64_SIGNATURE, {k: v.astype(np.int64) for k, v in arrays.items()})]
 
 
 def text_to_inputs(tokenizer, packer, text):
@@ -203,23 +238,45 @@ def text_to_inputs(tokenizer, packer, text):
         (features, num_wordpieces): the packed int32 dict of `INPUT_NAMES`,
         each `(batch_size, sequence_length)`, and int32 `(batch_size,)` counts
         of WordPieces before truncation (more than `sequence_length - 2` means
-        the text was cut).
+        the text was cut: see `truncation_outputs`).
     """
     ids = tokenizer(text)
     return packer(ids), tf.cast(ids.row_lengths(), tf.int32)
 
 
-def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_length=128, version=1):
+def truncation_outputs(num_wordpieces, sequence_length, num_segments=1):
+    """The `num_wordpieces` and `truncated` outputs of a text signature.
+
+    Args:
+        num_wordpieces: int `(batch,)` WordPieces before truncation (all segments).
+        sequence_length: int, the packed length.
+        num_segments: 1 (`[CLS] A [SEP]`) or 2 (`[CLS] A [SEP] B [SEP]`).
+
+    Returns:
+        dict: int32 `num_wordpieces` `(batch,)` and bool `truncated`
+        `(batch,)`, True where the pieces exceed the
+        `sequence_length - num_segments - 1` left by the special tokens (the
+        packer then cut them).
+    """
+    num_wordpieces = tf.cast(num_wordpieces, tf.int32)
+    return {"num_wordpieces": num_wordpieces,
+            "truncated": num_wordpieces > sequence_length - num_segments - 1}
+
+
+def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_length=128, version=1,
+                       top_k=5, warmup_texts=WARMUP_TEXTS):
     """Writes `encoder` + in-graph tokenizer as a SavedModel in TF Serving's layout.
 
-    The folder `export_base/version/` holds four signatures:
+    The folder `export_base/version/` holds these signatures:
       * `serving_default`: `text` tf.string `(batch,)` -> float32
         `pooled_output` `(batch, hidden_size)`, `sequence_output`
         `(batch, sequence_length, hidden_size)`, int32 `padding_mask`
         `(batch, sequence_length)`, int32 `num_wordpieces` `(batch,)` (the
-        untruncated length, so callers can see truncation). Text is
-        tokenized in the graph and packed as `[CLS] text [SEP]`, truncated to
-        `sequence_length`; empty strings and any batch size work.
+        untruncated length) and bool `truncated` `(batch,)` (the text was
+        cut: `num_wordpieces > sequence_length - 2`). Text is tokenized in
+        the graph and packed as `[CLS] text [SEP]`, truncated to
+        `sequence_length`; empty strings, invalid UTF-8 (its bytes become
+        `[UNK]`) and any batch size work.
       * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
         `(batch, length)` with length <= `max_position_embeddings` -> float32
         `pooled_output`, `sequence_output`.
@@ -227,7 +284,11 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
         then cast to int32). From Python, NumPy int64 arrays also work with
         `serving_token_ids`; an int64 *tensor* needs this signature.
       * `serving_wordpieces`: `text` -> the packed `token_ids` and their
-        `wordpieces` strings, read from the `vocab.txt` asset.
+        `wordpieces` strings, read from the `vocab.txt` asset, with
+        `num_wordpieces` and `truncated`.
+      * `serving_fill_mask`, when `encoder` is a `BertPretrainer`: `text`
+        with `[MASK]`s -> the `top_k` tokens and probabilities at each mask
+        (`kbert.serving.fill_mask`).
     Requests are checked in the graph and refused with
     `tf.errors.InvalidArgumentError` naming the input: text that is not a
     1-D batch of strings (a scalar, a matrix), ids not of rank 2, ids whose
@@ -235,19 +296,24 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
     of range.
     The vocabulary is copied into `assets/`, and the tokenizer's model is a
     constant of the graph, so the folder works after being moved and after the
-    original vocabulary is deleted. Each weight is stored once
-    (`new_export_archive`), and the folder is written atomically: on a
+    original vocabulary is deleted. `assets.extra/tf_serving_warmup_requests`
+    holds a warmup request for every signature (`warmup_texts`, their packed
+    ids in int32 and int64, and a fill-mask sentence). Each weight is stored
+    once (`new_export_archive`), and the folder is written atomically: on a
     failure nothing is left at `export_base/version`. Loading needs
     `import tensorflow_text`.
 
     Args:
-        encoder: `kbert.models.BertEncoder` (any dtype policy; outputs are
-            cast to float32).
+        encoder: `kbert.models.BertEncoder`, or a `BertPretrainer` (its
+            encoder is exported, with the fill-mask signature); any dtype
+            policy (outputs are cast to float32).
         tokenizer: `kbert.text.BertTokenizer` built from `vocab_path`.
         vocab_path: str, the `vocab.txt` of `tokenizer`.
         export_base: str, model base folder for TF Serving.
-        sequence_length: int, packed length of the text signature.
+        sequence_length: int, packed length of the text signatures.
         version: int > 0, the version subfolder.
+        top_k: int in `[1, vocab_size]`, predictions per mask of `serving_fill_mask`.
+        warmup_texts: non-empty sequence of str, the text of the warmup requests.
 
     Returns:
         str, the path `export_base/version`.
@@ -255,11 +321,16 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
     Raises:
         ValueError: `sequence_length` below 3 or above the encoder's
             `max_position_embeddings`, `version < 1`, an existing version
-            folder, or a `vocab_path` that is not the tokenizer's vocabulary
-            (both sizes named; see `check_vocabulary_file`), all before
-            anything is written.
+            folder, a bad `top_k`, no `warmup_texts`, or a `vocab_path` that
+            is not the tokenizer's vocabulary (both sizes named; see
+            `check_vocabulary_file`), all before anything is written.
         FileNotFoundError, IsADirectoryError: an unreadable `vocab_path`.
     """
+    from kbert.models import BertPretrainer
+    from kbert.serving import fill_mask
+
+    pretrainer = encoder if isinstance(encoder, BertPretrainer) else None
+    encoder = pretrainer.encoder if pretrainer is not None else encoder
     config = encoder.bert_config
     path = os.path.join(export_base, str(version))
     check_export_target(encoder, sequence_length, version, path)
@@ -268,14 +339,18 @@ def export_saved_model(encoder, tokenizer, vocab_path, export_base, sequence_len
             f"The tokenizer has {tokenizer.vocab_size} tokens but the encoder's "
             f"vocab_size is {config.vocab_size}."
         )
+    if pretrainer is not None:
+        fill_mask.check_top_k(top_k, config.vocab_size)
 
     def encode(features):
         outputs = encoder(features, training=False)
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
     archive = text_model_archive(encoder, tokenizer, vocab_path, sequence_length, encode,
-                                 with_padding_mask=True)
-    return write_archive(archive, path)
+                                 with_padding_mask=True, pretrainer=pretrainer, top_k=top_k)
+    requests = text_model_warmup_requests(tokenizer, sequence_length, warmup_texts,
+                                          fill_mask=pretrainer is not None)
+    return write_archive(archive, path, requests)
 
 
 def check_vocabulary_file(tokenizer, vocab_path):
@@ -299,17 +374,19 @@ def check_vocabulary_file(tokenizer, vocab_path):
 
 
 def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
-                       with_padding_mask=False):
+                       with_padding_mask=False, pretrainer=None, top_k=5):
     """The export archive of a single-text model: text, token-id and wordpiece signatures.
 
     Signatures: `serving_default` (`text` tf.string `(batch,)`, checked by
     `check_text_batch`, tokenized and packed as `[CLS] text [SEP]` to
-    `sequence_length`) -> `serve`'s outputs + int32 `num_wordpieces`
-    (+ int32 `padding_mask` when `with_padding_mask`); the token-id
-    signatures of `add_token_ids_endpoints` -> `serve`'s outputs; and
-    `serving_wordpieces` (`text` -> packed `token_ids` and their
-    `wordpieces` from the `vocab.txt` asset). Each weight is stored once
-    (`new_export_archive`).
+    `sequence_length`) -> `serve`'s outputs + int32 `num_wordpieces` and
+    bool `truncated` (`truncation_outputs`), + int32 `padding_mask` when
+    `with_padding_mask`; the token-id signatures of
+    `add_token_ids_endpoints` -> `serve`'s outputs; `serving_wordpieces`
+    (`text` -> packed `token_ids`, their `wordpieces` from the `vocab.txt`
+    asset, `num_wordpieces`, `truncated`); and, with a `pretrainer`,
+    `serving_fill_mask` (`kbert.serving.fill_mask`). Each weight is stored
+    once (`new_export_archive`).
 
     Args:
         model: the Keras model `serve` calls (its encoder's `bert_config` is used).
@@ -318,9 +395,13 @@ def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
         sequence_length: int, packed length of the text signatures.
         serve: callable, dict of int32 features -> dict of float32 outputs.
         with_padding_mask: bool, also return the packed `padding_mask` for text.
+        pretrainer: optional `BertPretrainer` whose encoder `serve` runs: adds
+            `serving_fill_mask`.
+        top_k: int, predictions per mask of `serving_fill_mask`.
 
     Returns:
-        `keras.export.ExportArchive`, ready for `write_archive`.
+        `keras.export.ExportArchive`, ready for `write_archive` (with
+        `text_model_warmup_requests`).
 
     Raises:
         FileNotFoundError, IsADirectoryError, ValueError: an unreadable
@@ -330,8 +411,7 @@ def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
             signature would read the wrong tokens, or b'' past its end).
     """
     check_vocabulary_file(tokenizer, vocab_path)
-    special = tokenizer.special_token_ids
-    packer = BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
+    packer = text_packer(tokenizer, sequence_length)
     vocabulary = _VocabularyTable(vocab_path)
     encoder = getattr(model, "encoder", model)
 
@@ -341,21 +421,67 @@ def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
         outputs = dict(serve(features))
         if with_padding_mask:
             outputs["padding_mask"] = features["padding_mask"]
-        outputs["num_wordpieces"] = num_wordpieces
+        outputs.update(truncation_outputs(num_wordpieces, sequence_length))
         return outputs
 
     def serve_wordpieces(text):
         (text,) = check_text_batch(text=text)
-        features, _ = text_to_inputs(tokenizer, packer, text)
+        features, num_wordpieces = text_to_inputs(tokenizer, packer, text)
         ids = features["token_ids"]
-        return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64))}
+        return {"token_ids": ids, "wordpieces": vocabulary.table.lookup(tf.cast(ids, tf.int64)),
+                **truncation_outputs(num_wordpieces, sequence_length)}
 
     text_spec = text_input_specs("text")
-    archive = new_export_archive(model, vocabulary)
+    archive = new_export_archive(model, vocabulary, *([pretrainer] if pretrainer else []))
     archive.add_endpoint(TEXT_SIGNATURE, serve_text, input_signature=text_spec)
     add_token_ids_endpoints(archive, serve, encoder.bert_config)
     archive.add_endpoint(WORDPIECES_SIGNATURE, serve_wordpieces, input_signature=text_spec)
+    if pretrainer is not None:
+        from kbert.serving import fill_mask
+
+        fill_mask.add_fill_mask_endpoint(archive, pretrainer, tokenizer, packer,
+                                         vocabulary.table.lookup, top_k)
     return archive
+
+
+def text_model_warmup_requests(tokenizer, sequence_length, texts=WARMUP_TEXTS, fill_mask=False):
+    """Warmup requests for every signature of `text_model_archive`.
+
+    Args:
+        tokenizer: the export's `BertTokenizer`.
+        sequence_length: int, its packed length.
+        texts: non-empty sequence of str: the `text` of `serving_default`
+            and `serving_wordpieces`; their packed ids feed both token-id
+            signatures.
+        fill_mask: bool, add a `serving_fill_mask` request (the first text
+            with its middle word replaced by `[MASK]`, or `[MASK]` alone).
+
+    Returns:
+        list of `(signature, inputs)` for `write_archive`.
+
+    Raises:
+        ValueError: no `texts`.
+    """
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("warmup_texts must hold at least one string.")
+    packer = text_packer(tokenizer, sequence_length)
+    features, _ = text_to_inputs(tokenizer, packer, tf.constant(texts))
+    requests = [(TEXT_SIGNATURE, {"text": texts}), *packed_sample_ids(features),
+                (WORDPIECES_SIGNATURE, {"text": texts})]
+    if fill_mask:
+        from kbert.serving.fill_mask import FILL_MASK_SIGNATURE, MASK_TOKEN
+
+        words = texts[0].split()
+        words[len(words) // 2:len(words) // 2 + 1] = [MASK_TOKEN]
+        requests.append((FILL_MASK_SIGNATURE, {"text": [" ".join(words)]}))
+    return requests
+
+
+def text_packer(tokenizer, sequence_length):
+    """A `BertPacker` of `tokenizer`'s special ids, single segment."""
+    special = tokenizer.special_token_ids
+    return BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
 
 
 _RELOAD_SCRIPT = r"""
@@ -364,27 +490,74 @@ import sys
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # registers the tokenizer ops the SavedModel uses
-path, signature, inputs_file, out = sys.argv[1:5]
-with open(inputs_file, encoding="utf-8") as f:
-    inputs = json.load(f)
+path, requests_file, out = sys.argv[1:4]
+with open(requests_file, encoding="utf-8") as f:
+    requests = json.load(f)
 loaded = tf.saved_model.load(path)
-function = loaded.signatures[signature]
-specs = function.structured_input_signature[1]
-result = function(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
 decode = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[str])
 arrays = {}
-for k, v in result.items():
-    value = v.numpy()
-    arrays[k] = decode(value) if v.dtype == tf.string and value.size else value.astype(str) if v.dtype == tf.string else value
+for i, (signature, inputs) in enumerate(requests):
+    function = loaded.signatures[signature]
+    specs = function.structured_input_signature[1]
+    result = function(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+    for k, v in result.items():
+        value = v.numpy()
+        if v.dtype == tf.string:
+            value = decode(value) if value.size else value.astype(str)
+        arrays[f"{i}/{k}"] = value
 np.savez(out, **arrays)
 """
+
+
+def run_requests_in_fresh_process(path, requests):
+    """Loads the SavedModel at `path` in a new Python process and runs requests on it.
+
+    This is how TF Serving sees the folder: nothing of the exporting process
+    (its Python objects, the original vocabulary file) is available. One
+    process (one TensorFlow start-up) serves all `requests`.
+
+    Args:
+        path: str, the SavedModel folder.
+        requests: list of `(signature, inputs)`: a signature key and a dict
+            input name -> nested lists or arrays (strings or numbers, cast to
+            the signature's dtypes).
+
+    Returns:
+        list (one per request) of dicts of NumPy arrays, the signature's
+        outputs (strings decoded from UTF-8).
+
+    Raises:
+        ExportVerificationError: the process failed (its stderr is included).
+    """
+    requests = [[signature, {k: np.asarray(v).tolist() for k, v in inputs.items()}]
+                for signature, inputs in requests]
+    with tempfile.TemporaryDirectory() as tmp:
+        requests_file = os.path.join(tmp, "requests.json")
+        out = os.path.join(tmp, "out.npz")
+        with open(requests_file, "w", encoding="utf-8") as f:
+            json.dump(requests, f)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RELOAD_SCRIPT, path, requests_file, out],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode:
+            raise ExportVerificationError(
+                f"Loading {path} in a fresh process failed:\n{proc.stderr[-4000:]}"
+            )
+        results = [{} for _ in requests]
+        with np.load(out) as arrays:
+            for key in arrays.files:
+                index, name = key.split("/", 1)
+                results[int(index)][name] = arrays[key]
+        return results
 
 
 def run_saved_model_in_fresh_process(path, inputs, signature=TEXT_SIGNATURE):
     """Loads the SavedModel at `path` in a new Python process and runs one signature.
 
-    This is how TF Serving sees the folder: nothing of the exporting process
-    (its Python objects, the original vocabulary file) is available.
+    See `run_requests_in_fresh_process` (one request).
 
     Args:
         path: str, the SavedModel folder.
@@ -400,23 +573,7 @@ def run_saved_model_in_fresh_process(path, inputs, signature=TEXT_SIGNATURE):
     """
     if not isinstance(inputs, dict):
         inputs = {"text": list(inputs)}
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs_file = os.path.join(tmp, "inputs.json")
-        out = os.path.join(tmp, "out.npz")
-        with open(inputs_file, "w", encoding="utf-8") as f:
-            json.dump(inputs, f)
-        proc = subprocess.run(
-            [sys.executable, "-c", _RELOAD_SCRIPT, path, signature, inputs_file, out],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode:
-            raise ExportVerificationError(
-                f"Loading {path} in a fresh process failed:\n{proc.stderr[-4000:]}"
-            )
-        with np.load(out) as result:
-            return dict(result)
+    return run_requests_in_fresh_process(path, [(signature, inputs)])[0]
 
 
 def verify_saved_model(path, encoder, tokenizer, texts, sequence_length=128, atol=1e-4):
@@ -432,9 +589,8 @@ def verify_saved_model(path, encoder, tokenizer, texts, sequence_length=128, ato
     Raises:
         ExportVerificationError: a difference above `atol`, or a load failure.
     """
-    special = tokenizer.special_token_ids
-    packer = BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
-    features, _ = text_to_inputs(tokenizer, packer, tf.constant(texts))
+    features, _ = text_to_inputs(tokenizer, text_packer(tokenizer, sequence_length),
+                                 tf.constant(texts))
     expected = {
         k: keras.ops.convert_to_numpy(v).astype(np.float32)
         for k, v in encoder(features, training=False).items()

@@ -4,9 +4,13 @@ SavedModel (TF Serving layout `BASE/VERSION/`), signatures:
   * `serving_default`: `text` tf.string `(batch,)`, words separated by
     whitespace (as in CoNLL files: punctuation is its own word when the
     text says so) -> tf.string `tags` `(batch, max_words)` (one tag per
-    word, "" past a row's end), int32 `num_words` `(batch,)` and int32
+    word, "" past a row's end), int32 `num_words` `(batch,)`, int32
     `num_tagged_words` `(batch,)` (words whose first piece fit
-    `sequence_length`; the rest get "", so a cut sentence is visible).
+    `sequence_length`; the rest get ""), int32 `num_wordpieces` `(batch,)`
+    (pieces of all words before the cut, a word without pieces counting as
+    its `[UNK]`) and bool `truncated` `(batch,)` (`num_wordpieces >
+    sequence_length - 2`: the sentence was cut, possibly inside a word that
+    is still tagged from its first piece).
   * `serving_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask`
     `(batch, length)`, length <= `max_position_embeddings` -> float32
     `logits` `(batch, length, num_classes)`.
@@ -16,7 +20,8 @@ Requests are checked in the graph and refused with
 `tf.errors.InvalidArgumentError` naming the input: text that is not a 1-D
 batch of strings, ids not of rank 2 or of different shapes, a length above
 `max_position_embeddings`. Each weight is stored once, and the version
-folder is written atomically.
+folder is written atomically, with a TF Serving warmup request for every
+signature in `assets.extra/tf_serving_warmup_requests` (`kbert.serving.warmup`).
 Each word is tagged from its first word piece (Devlin et al. 2019, section 5.3).
 """
 
@@ -27,13 +32,16 @@ import tensorflow as tf
 
 from kbert.serving.saved_model import (
     TEXT_SIGNATURE,
+    WARMUP_TEXTS,
     ExportVerificationError,
     add_token_ids_endpoints,
     check_export_target,
     check_text_batch,
     new_export_archive,
+    packed_sample_ids,
     run_saved_model_in_fresh_process,
     text_input_specs,
+    truncation_outputs,
     write_archive,
 )
 from kbert.text.bert_word_packer import BertWordPacker
@@ -50,7 +58,8 @@ def tag_words(model, packer, label_list, words):
 
     Returns:
         dict: tf.string `tags` `(batch, max_words)`, int32 `num_words`,
-        int32 `num_tagged_words`.
+        int32 `num_tagged_words`, int32 `num_wordpieces`, bool `truncated`
+        (see the module docstring).
     """
     features = packer(words)
     word_ids = features.pop("word_ids")
@@ -64,10 +73,15 @@ def tag_words(model, packer, label_list, words):
     tags = first_tags.to_tensor(
         default_value="", shape=tf.stack([first_tags.nrows(), tf.cast(width, tf.int64)])
     )
+    # Pieces per word as the packer counts them (a word without pieces is one [UNK]).
+    pieces = tf.maximum(packer.tokenizer(words.flat_values).row_lengths(), 1)
+    num_wordpieces = tf.reduce_sum(
+        tf.RaggedTensor.from_row_splits(pieces, tf.cast(words.row_splits, pieces.dtype)), axis=1)
     return {
         "tags": tags,
         "num_words": num_words,
         "num_tagged_words": tf.cast(first_tags.row_lengths(), tf.int32),
+        **truncation_outputs(num_wordpieces, packer.sequence_length),
     }
 
 
@@ -113,7 +127,10 @@ def export_tagger_saved_model(model, tokenizer, export_base, label_list, sequenc
         TEXT_SIGNATURE, serve_text, input_signature=text_input_specs("text")
     )
     add_token_ids_endpoints(archive, serve_token_ids, model.encoder.bert_config)
-    return write_archive(archive, path)
+    features = packer(tf.strings.split(tf.constant(WARMUP_TEXTS)))
+    features.pop("word_ids")
+    requests = [(TEXT_SIGNATURE, {"text": list(WARMUP_TEXTS)}), *packed_sample_ids(features)]
+    return write_archive(archive, path, requests)
 
 
 def verify_tagger_saved_model(path, model, tokenizer, label_list, sentences, sequence_length=128):
