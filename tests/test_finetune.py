@@ -162,6 +162,13 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
     row = runner(ids=features["token_ids"].numpy()[:1], mask=features["padding_mask"].numpy()[:1],
                  segment_ids=features["segment_ids"].numpy()[:1])
     np.testing.assert_allclose(row["probabilities"], probabilities[:1], atol=1e-5)
+    # ... and MediaPipe's metadata, so the same file runs in MediaPipe's TextClassifier.
+    from kbert.serving import task_library
+
+    tflite = str(model_dir / "export" / "classifier_v1.tflite")
+    assert task_library.read_task_metadata(tflite)["labels"] == ["0", "1"]
+    scores = task_library.run_task_classifier(tflite, texts[:3])
+    np.testing.assert_allclose([[s["0"], s["1"]] for s in scores], probabilities[:3], atol=1e-5)
 
     # A rerun resumes the finished run (no training) and exports the next version.
     again = _run(args)
