@@ -63,11 +63,12 @@ def cased_tokenizer(uncased_vocab):
 
 @pytest.fixture(scope="module")
 def pair_classifier_file(encoder, cased_tokenizer, tmp_path_factory):
-    """A 3-class classifier on text pairs, exported with a cased tokenizer."""
+    """A 3-class classifier on text pairs, exported with a cased tokenizer and a fixed batch of 1."""
     model = BertClassifier(encoder, num_classes=3)
     randomize(model, seed=6, scale=0.1)
     path = str(tmp_path_factory.mktemp("tflite_text") / "classifier_text.tflite")
-    export_text_tflite(model, cased_tokenizer, path, sequence_length=LENGTH, num_segments=2)
+    export_text_tflite(model, cased_tokenizer, path, sequence_length=LENGTH, num_segments=2,
+                       batch_size=1)
     return model, path
 
 
@@ -140,7 +141,10 @@ def test_pair_classifier_cased_file(pair_classifier_file, cased_tokenizer, uncas
     report = verify_text_tflite(path, model, cased_tokenizer, texts, pairs)
     assert report["max_abs_diff"] <= 1e-4 and report["label_agreement"] == 1.0
     assert report["id_differences"] == []
-    out = run_text_tflite(path, texts, pairs)
+    details = text_tflite_interpreter(path).get_signature_runner(SIGNATURE).get_input_details()
+    assert {name: list(d["shape_signature"]) for name, d in details.items()} == {
+        "text": [1], "text_pair": [1]}
+    out = run_text_tflite(path, texts, pairs)  # fed one row at a time
     assert out["probabilities"].shape == (14, 3)
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
     # No lower-casing in a cased file: "WORLD" is not "world".
@@ -167,6 +171,8 @@ def test_export_refuses_before_writing(encoder, uncased_tokenizer, tmp_path):
     path = str(tmp_path / "m.tflite")
     with pytest.raises(ValueError, match="BertEncoder or BertClassifier; received BertTokenClassifier"):
         export_text_tflite(BertTokenClassifier(encoder, num_classes=2), uncased_tokenizer, path)
+    with pytest.raises(ValueError, match="batch_size=0 must be an int >= 1"):
+        export_text_tflite(encoder, uncased_tokenizer, path, sequence_length=16, batch_size=0)
     with pytest.raises(ValueError, match="num_segments=3 must be 1 or 2"):
         export_text_tflite(encoder, uncased_tokenizer, path, sequence_length=16, num_segments=3)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings=64"):
@@ -176,6 +182,26 @@ def test_export_refuses_before_writing(encoder, uncased_tokenizer, tmp_path):
     small = BertTokenizer(uncased_tokenizer.vocabulary[:1000], lowercase=True)
     with pytest.raises(ValueError, match="1000 tokens but the model's vocab_size is 30522"):
         export_text_tflite(encoder, small, path, sequence_length=16)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_refuses_a_file_needing_other_custom_ops(encoder, uncased_tokenizer, tmp_path,
+                                                       monkeypatch):
+    """kbert's ragged BertPacker inside the file needs RaggedGather, which tf-text cannot run.
+
+    (TFLite prepares ops on dynamic shapes only when invoked: allocating tensors passes.)
+    """
+    from kbert.serving import tflite_text
+
+    def ragged_pack(segments, sequence_length, cls_id, sep_id, pad_id=0):
+        pieces = tf.cast(segments[0].row_lengths(), tf.int32)
+        packed = BertPacker(sequence_length, cls_id, sep_id, pad_id)(segments[0])
+        return {**packed, "num_wordpieces": pieces, "truncated": pieces > sequence_length - 2}
+
+    monkeypatch.setattr(tflite_text, "pack_dense", ragged_pack)
+    extra = r"custom ops \['RaggedGather', 'RaggedTensorToTensor', 'TFText>RoundRobinTrim'\]"
+    with pytest.raises(ExportVerificationError, match=extra):
+        export_text_tflite(encoder, uncased_tokenizer, str(tmp_path / "m.tflite"), sequence_length=8)
     assert os.listdir(tmp_path) == []
 
 

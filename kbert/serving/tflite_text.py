@@ -10,9 +10,11 @@ to a fixed length with plain TFLite builtin ops, and runs the model. No Flex
 (select TensorFlow) ops: the only custom ops are those two.
 
 The packing is written densely on the tokenizer's flat ids and row splits
-(`pack_dense`): tensorflow-text's ragged `combine_segments` and
-`RoundRobinTrimmer` convert to a `RaggedGather` / `RoundRobinTrim` custom op
-that the registrar either lacks or that the converter cannot lower.
+(`pack_dense`). `kbert.text.BertPacker` (tensorflow-text's
+`RoundRobinTrimmer`, `combine_segments`, `pad_model_inputs`) converts to three
+more custom ops, `TFText>RoundRobinTrim`, `RaggedTensorToTensor` and
+`RaggedGather`, and tensorflow-text 2.20's registrar has no kernel for
+`RaggedGather` ("Encountered unresolved custom op: RaggedGather").
 
 On-device normalisation is `FastBertTokenizer`'s own
 (`lower_case_nfd_strip_accents=True` for uncased vocabularies, none for cased
@@ -139,13 +141,14 @@ def pack_dense(segments, sequence_length, cls_id, sep_id, pad_id=0):
     }
 
 
-def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments=1):
+def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments=1,
+                       batch_size=None):
     """Writes a TFLite file that takes raw text: tokenizer, packer and model inside.
 
     Signature `serving_default`:
       * inputs: tf.string `text` `(batch,)` (and `text_pair` `(batch,)`
-        with `num_segments=2`), UTF-8; any batch size (the file is
-        converted with a dynamic batch dimension; `run_text_tflite` resizes).
+        with `num_segments=2`), UTF-8; any batch size by default (a dynamic
+        batch dimension; `run_text_tflite` resizes), or `batch_size` fixed.
       * outputs, every model: int32 `token_ids`, `segment_ids`,
         `padding_mask` `(batch, sequence_length)` (the packed inputs, to see
         what the model saw), int32 `num_wordpieces` `(batch,)` (pieces of
@@ -174,6 +177,8 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
         sequence_length: int, the packed length L: >= 3 (>= 5 for pairs) and
             <= `max_position_embeddings`.
         num_segments: 1 (`text`) or 2 (`text`, `text_pair`).
+        batch_size: None (any batch size) or an int >= 1, a fixed batch
+            dimension (for runtimes that need static shapes).
 
     Returns:
         bytes, the flatbuffer (also written to `path`).
@@ -181,8 +186,9 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
     Raises:
         ValueError: a model that is neither an encoder nor a classifier, a
             tokenizer whose vocabulary size is not the model's, a bad
-            `num_segments` or `sequence_length` (all before anything is
-            written).
+            `num_segments`, `sequence_length` or `batch_size` (all before
+            anything is written).
+        ImportError: `ai-edge-litert` (which checks the file) is missing.
         ExportVerificationError: the converted file needs an op outside the
             TFLite builtins and `CUSTOM_OPS` (nothing is written).
     """
@@ -193,7 +199,7 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
         )
     if num_segments not in (1, 2):
         raise ValueError(f"num_segments={num_segments!r} must be 1 or 2.")
-    check_tflite_target(model, sequence_length)
+    check_tflite_target(model, sequence_length, 1 if batch_size is None else batch_size)
     minimum = min_sequence_length(num_segments)
     if sequence_length < minimum:
         raise ValueError(
@@ -224,7 +230,7 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
         outputs.update(packed)
         return outputs
 
-    specs = [tf.TensorSpec([None], tf.string, name=name)
+    specs = [tf.TensorSpec([batch_size], tf.string, name=name)
              for name in TEXT_INPUT_NAMES[:num_segments]]
     with tempfile.TemporaryDirectory() as saved_model_dir:
         archive = new_export_archive(model, wordpiece)
@@ -235,7 +241,7 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.allow_custom_ops = True  # the tensorflow-text ops, checked below
         flatbuffer = converter.convert()
-    _check_custom_ops(flatbuffer)
+    _check_custom_ops(flatbuffer, num_segments)
     with atomic_output(path) as temporary, open(temporary, "wb") as f:
         f.write(flatbuffer)
         f.flush()
@@ -262,7 +268,8 @@ def text_tflite_interpreter(path=None, model_content=None):
     Raises:
         ImportError: `ai-edge-litert` is not installed.
         ValueError / RuntimeError: the file needs an op that is neither a
-            TFLite builtin nor in `CUSTOM_OPS` ("unresolved custom op").
+            TFLite builtin nor in `CUSTOM_OPS` ("Encountered unresolved
+            custom op"; raised here or when tensors are allocated).
     """
     from ai_edge_litert import interpreter as litert
 
@@ -271,30 +278,53 @@ def text_tflite_interpreter(path=None, model_content=None):
         model_path=path, model_content=model_content, custom_op_registerers=registerers)
 
 
-def _check_custom_ops(flatbuffer):
-    """Raises ExportVerificationError if `flatbuffer` needs an op outside builtins + `CUSTOM_OPS`."""
+def _check_custom_ops(flatbuffer, num_segments):
+    """Checks a converted file before it is written: only `CUSTOM_OPS`, and it runs.
+
+    Reads the file's custom op names, then runs two texts (one empty)
+    through it in LiteRT with the tensorflow-text kernels: TFLite prepares
+    ops on dynamic shapes only when invoked, so allocation alone would miss
+    an op without a kernel.
+
+    Raises:
+        ExportVerificationError: a custom op outside `CUSTOM_OPS` (named), or
+            a failure to run.
+    """
+    extra = sorted(set(_custom_ops(flatbuffer)) - set(CUSTOM_OPS))
+    if extra:
+        raise ExportVerificationError(
+            f"The string-input TFLite file needs custom ops {extra}, outside the TFLite "
+            f"builtins and the tensorflow-text kernels {sorted(CUSTOM_OPS)}.")
     try:
-        interpreter = text_tflite_interpreter(model_content=flatbuffer)
-        interpreter.allocate_tensors()
+        runner = text_tflite_interpreter(model_content=flatbuffer).get_signature_runner(SIGNATURE)
+        fixed = int(runner.get_input_details()["text"]["shape_signature"][0])
+        texts = [b"", b"Hello, world!"]
+        for batch in [texts] if fixed < 1 else [[text] * fixed for text in texts]:
+            batch = np.array(batch, dtype=object)
+            runner(**{name: batch for name in TEXT_INPUT_NAMES[:num_segments]})
     except (RuntimeError, ValueError) as error:
         raise ExportVerificationError(
-            "The string-input TFLite file needs ops outside the TFLite builtins and the "
-            f"tensorflow-text kernels {sorted(CUSTOM_OPS)}: {error}"
-        ) from error
+            f"The string-input TFLite file does not run in LiteRT: {error}") from error
+
+
+def _custom_ops(flatbuffer):
+    """The sorted custom (non-builtin) op names of a TFLite flatbuffer (bytes)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    return sorted({code.customCode.decode() for code in model.operatorCodes
+                   if code.customCode is not None})
 
 
 def file_custom_ops(path):
-    """The names of the custom (non-builtin) ops in a string-input TFLite file.
+    """The names of the custom (non-builtin) ops in a TFLite file.
 
     Returns:
-        sorted list of str, e.g. `["FastBertNormalize", "FastWordpieceTokenizeWithOffsets"]`.
+        sorted list of str, e.g. `["FastBertNormalize", "FastWordpieceTokenizeWithOffsets"]`
+        for a file from `export_text_tflite`.
     """
-    from ai_edge_litert import schema_py_generated as schema
-
     with open(path, "rb") as f:
-        model = schema.ModelT.InitFromPackedBuf(f.read(), 0)
-    return sorted({code.customCode.decode() for code in model.operatorCodes
-                   if code.customCode is not None})
+        return _custom_ops(f.read())
 
 
 def _text_batch(name, texts):
