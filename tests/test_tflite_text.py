@@ -40,12 +40,19 @@ EDGE_TEXTS = [
 EDGE_DIFFERENCES = [(5, ["\u2122", "\ufb01"]), (6, ["\x01"])]
 
 
+def _tiny_model(vocab_size, seed, num_classes=None):
+    """A random 2-layer encoder (hidden 32) on the real vocabulary, or a classifier on its own one."""
+    model = BertEncoder(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    if num_classes:
+        model = BertClassifier(model, num_classes=num_classes)
+    randomize(model, seed=seed, scale=0.1)
+    return model
+
+
 @pytest.fixture(scope="module")
 def encoder(uncased_tokenizer):
-    model = BertEncoder(vocab_size=uncased_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    randomize(model, seed=5, scale=0.1)
-    return model
+    return _tiny_model(uncased_tokenizer.vocab_size, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +69,9 @@ def cased_tokenizer(uncased_vocab):
 
 
 @pytest.fixture(scope="module")
-def pair_classifier_file(encoder, cased_tokenizer, tmp_path_factory):
+def pair_classifier_file(cased_tokenizer, tmp_path_factory):
     """A 3-class classifier on text pairs, exported with a cased tokenizer and a fixed batch of 1."""
-    model = BertClassifier(encoder, num_classes=3)
-    randomize(model, seed=6, scale=0.1)
+    model = _tiny_model(cased_tokenizer.vocab_size, seed=6, num_classes=3)
     path = str(tmp_path_factory.mktemp("tflite_text") / "classifier_text.tflite")
     export_text_tflite(model, cased_tokenizer, path, sequence_length=LENGTH, num_segments=2,
                        batch_size=1)
