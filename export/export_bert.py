@@ -79,7 +79,7 @@ def main(argv):
             print(f"  SavedModel serving_fill_mask for {sentence!r}: no [MASK] within "
                   f"--sequence_length={FLAGS.sequence_length}.")
         for m in range(filled["num_masks"][i]):
-            guesses = ", ".join(f"{token!r} {p:.3f}" for token, p in zip(
+            guesses = ", ".join(f"{str(token)!r} {p:.3g}" for token, p in zip(
                 filled["top_tokens"][i, m], filled["top_probabilities"][i, m]))
             print(f"  SavedModel serving_fill_mask for {sentence!r}, [MASK] {m + 1}: {guesses}")
     for sentence, pooled in zip(FLAGS.texts, result["tflite_pooled"]):

@@ -16,9 +16,9 @@ Shared by every SavedModel/TFLite writer in `kbert.serving`:
 """
 
 import contextlib
-import json
 import numbers
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -485,21 +485,23 @@ def text_packer(tokenizer, sequence_length):
 
 
 _RELOAD_SCRIPT = r"""
-import json
+import pickle
 import sys
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # registers the tokenizer ops the SavedModel uses
 path, requests_file, out = sys.argv[1:4]
-with open(requests_file, encoding="utf-8") as f:
-    requests = json.load(f)
+with open(requests_file, "rb") as f:
+    requests = pickle.load(f)
 loaded = tf.saved_model.load(path)
 decode = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[str])
 arrays = {}
 for i, (signature, inputs) in enumerate(requests):
     function = loaded.signatures[signature]
     specs = function.structured_input_signature[1]
-    result = function(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+    # (an empty array's dtype is NumPy's float64 default: its list converts to any dtype)
+    result = function(**{k: tf.constant(v.tolist() if v.size == 0 else v, specs[k].dtype)
+                         for k, v in inputs.items()})
     for k, v in result.items():
         value = v.numpy()
         if v.dtype == tf.string:
@@ -519,8 +521,8 @@ def run_requests_in_fresh_process(path, requests):
     Args:
         path: str, the SavedModel folder.
         requests: list of `(signature, inputs)`: a signature key and a dict
-            input name -> nested lists or arrays (strings or numbers, cast to
-            the signature's dtypes).
+            input name -> nested lists or arrays (str, bytes (any bytes, also
+            invalid UTF-8) or numbers, cast to the signature's dtypes).
 
     Returns:
         list (one per request) of dicts of NumPy arrays, the signature's
@@ -529,13 +531,13 @@ def run_requests_in_fresh_process(path, requests):
     Raises:
         ExportVerificationError: the process failed (its stderr is included).
     """
-    requests = [[signature, {k: np.asarray(v).tolist() for k, v in inputs.items()}]
+    requests = [(signature, {k: np.asarray(v) for k, v in inputs.items()})
                 for signature, inputs in requests]
     with tempfile.TemporaryDirectory() as tmp:
-        requests_file = os.path.join(tmp, "requests.json")
+        requests_file = os.path.join(tmp, "requests.pkl")
         out = os.path.join(tmp, "out.npz")
-        with open(requests_file, "w", encoding="utf-8") as f:
-            json.dump(requests, f)
+        with open(requests_file, "wb") as f:
+            pickle.dump(requests, f)
         proc = subprocess.run(
             [sys.executable, "-c", _RELOAD_SCRIPT, path, requests_file, out],
             capture_output=True,

@@ -1,0 +1,257 @@
+"""Fill-mask (`serving_fill_mask`) against HuggingFace `BertForMaskedLM`, and the encoder
+SavedModel as TF Serving sees it: its warmup file replayed in a fresh process, `saved_model_cli`."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kbert import checkpoints
+from kbert.models import BertEncoder, BertPretrainer
+from kbert.serving import ExportVerificationError, export_saved_model
+from kbert.serving.fill_mask import (
+    FILL_MASK_SIGNATURE,
+    compare_fill_mask,
+    fill_mask,
+    load_masked_lm,
+    tokenize_with_masks,
+)
+from kbert.serving.saved_model import run_requests_in_fresh_process
+from kbert.serving.warmup import read_warmup_requests, signature_inputs, warmup_path
+from tests.numpy_bert import randomize
+from tests.test_export import _packed
+
+LENGTH = 16  # packed length of the export: two of TEXTS are cut
+TOP_K = 4
+TEXTS = [
+    "Paris is the [MASK] of France.",
+    "[MASK] [MASK] went to the store[MASK]",  # at the start, side by side, glued to a word
+    "",
+    "no mask here, and [mask] in lower case is only text",
+    "the quick brown fox " * 4 + "[MASK] end",  # the only mask is past the cut
+    "a [MASK] " + "word " * 20 + "[MASK]",  # the first mask fits, the second is cut
+]
+SIGNATURES = {
+    # signature -> (inputs, outputs), as `saved_model_cli show --all` lists them
+    "serving_default": (["text"], ["num_wordpieces", "padding_mask", "pooled_output",
+                                   "sequence_output", "truncated"]),
+    "serving_token_ids": (["padding_mask", "segment_ids", "token_ids"],
+                          ["pooled_output", "sequence_output"]),
+    "serving_token_ids_int64": (["padding_mask", "segment_ids", "token_ids"],
+                                ["pooled_output", "sequence_output"]),
+    "serving_wordpieces": (["text"], ["num_wordpieces", "token_ids", "truncated", "wordpieces"]),
+    "serving_fill_mask": (["text"], ["mask_positions", "num_masks", "num_wordpieces",
+                                     "top_probabilities", "top_token_ids", "top_tokens",
+                                     "truncated"]),
+}
+
+
+@pytest.fixture(scope="module")
+def pretrainer(uncased_tokenizer):
+    """One block, hidden size 32, the uncased vocabulary; weights of scale 0.5, so the
+    masked-LM distribution is peaked (top ranks far apart, no near-ties)."""
+    encoder = BertEncoder(vocab_size=uncased_tokenizer.vocab_size, hidden_size=32,
+                          num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64)
+    model = BertPretrainer(encoder)
+    randomize(model, seed=11)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_model(pretrainer, uncased_tokenizer, uncased_vocab, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving") / "bert"
+    return export_saved_model(pretrainer, uncased_tokenizer, uncased_vocab, str(base),
+                              sequence_length=LENGTH, top_k=TOP_K)
+
+
+def _transformers_fill_mask(hf_model, hf_tokenizer, texts, length, top_k):
+    """Fill-mask computed by HuggingFace: its tokenizer, `BertForMaskedLM` logits, NumPy softmax."""
+    import torch
+
+    batch = hf_tokenizer(texts, padding="max_length", truncation=True, max_length=length,
+                         return_tensors="pt")
+    with torch.no_grad():
+        logits = hf_model(**batch).logits.double().numpy()
+    ids = batch["input_ids"].numpy()
+    counts = [len(hf_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    rows = [np.flatnonzero(row == hf_tokenizer.mask_token_id) for row in ids]
+    width = max(len(r) for r in rows)
+    out = {"mask_positions": np.full((len(texts), width), -1),
+           "top_token_ids": np.full((len(texts), width, top_k), -1),
+           "top_probabilities": np.zeros((len(texts), width, top_k)),
+           "top_tokens": np.full((len(texts), width, top_k), "", dtype=object),
+           "num_masks": np.array([len(r) for r in rows]),
+           "num_wordpieces": np.array(counts),
+           "truncated": np.array(counts) > length - 2}
+    for b, positions in enumerate(rows):
+        for m, position in enumerate(positions):
+            scores = logits[b, position]
+            probabilities = np.exp(scores - scores.max())
+            probabilities /= probabilities.sum()
+            best = np.argsort(-probabilities, kind="stable")[:top_k]
+            out["mask_positions"][b, m] = position
+            out["top_token_ids"][b, m] = best
+            out["top_probabilities"][b, m] = probabilities[best]
+            out["top_tokens"][b, m] = hf_tokenizer.convert_ids_to_tokens(best.tolist())
+    return out
+
+
+def test_fill_mask_matches_transformers_bert_for_masked_lm(pretrainer, uncased_tokenizer,
+                                                           uncased_vocab, hf_tokenizer, tmp_path):
+    """kbert's head, saved in HF layout, read by `BertForMaskedLM`: the same top-k at every mask."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "hf"
+    checkpoints.save(pretrainer, str(folder), vocab_path=uncased_vocab)
+    hf_model, info = transformers.BertForMaskedLM.from_pretrained(str(folder),
+                                                                 output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"], info  # the head was read
+    hf_model.eval()
+    expected = _transformers_fill_mask(hf_model, hf_tokenizer, TEXTS, LENGTH, TOP_K)
+    actual = fill_mask(pretrainer, uncased_tokenizer, TEXTS, TOP_K, sequence_length=LENGTH)
+    assert compare_fill_mask(actual, expected, 1e-5, "kbert fill_mask") <= 1e-5
+    assert actual["num_masks"].tolist() == [1, 3, 0, 0, 0, 1]
+    assert actual["truncated"].tolist() == [False, False, False, False, True, True]
+    assert actual["top_probabilities"][0, 0, 0] > 2 * actual["top_probabilities"][0, 0, 1]
+    # [MASK] is one id, never "[", "mask", "]"; ids equal HF's before packing.
+    ids = tokenize_with_masks(uncased_tokenizer, tf.constant(TEXTS)).to_list()
+    assert ids == [hf_tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+    # The head reloads from the HF folder (`BertForPreTraining` layout) for an export.
+    encoder, reloaded = load_masked_lm(str(folder))
+    again = fill_mask(reloaded, uncased_tokenizer, TEXTS, TOP_K, sequence_length=LENGTH)
+    np.testing.assert_array_equal(again["top_token_ids"], actual["top_token_ids"])
+    assert reloaded.encoder is encoder
+
+
+def test_load_masked_lm_without_a_head(pretrainer, tmp_path):
+    checkpoints.save(pretrainer.encoder, str(tmp_path / "encoder"))
+    encoder, head = load_masked_lm(str(tmp_path / "encoder"))
+    assert head is None and encoder.count_params() == pretrainer.encoder.count_params()
+
+
+def _keras_outputs(signature, inputs, pretrainer, tokenizer):
+    """What the Keras models give for one request: the reference of every signature."""
+    encoder = pretrainer.encoder
+    if signature == FILL_MASK_SIGNATURE:
+        return fill_mask(pretrainer, tokenizer, tf.constant(inputs["text"]), TOP_K, LENGTH)
+    if "text" in inputs:
+        text = tf.constant(inputs["text"])
+        features = _packed(tokenizer, text, LENGTH)
+        counts = tokenizer(text).row_lengths().numpy()
+        expected = {"num_wordpieces": counts, "truncated": counts > LENGTH - 2}
+        if signature == "serving_wordpieces":
+            return dict(expected, token_ids=features["token_ids"],
+                        wordpieces=np.array(tokenizer.vocabulary)[features["token_ids"]])
+        return dict(expected, padding_mask=features["padding_mask"],
+                    **{k: v.numpy() for k, v in encoder(features).items()})
+    return {k: v.numpy() for k, v in encoder({k: v.astype("int32") for k, v in inputs.items()}).items()}
+
+
+def _assert_outputs_equal(actual, expected, padding_mask, what):
+    assert sorted(actual) == sorted(expected), what
+    for name, want in expected.items():
+        got = actual[name]
+        if name == "sequence_output":
+            mask = np.asarray(padding_mask).astype(bool)
+            got, want = got[mask], want[mask]
+        if np.asarray(want).dtype.kind == "f":
+            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{what}: {name}")
+        else:
+            np.testing.assert_array_equal(np.asarray(got).astype(np.asarray(want).dtype), want,
+                                          err_msg=f"{what}: {name}")
+
+
+def test_saved_model_in_fresh_process_warmup_and_fill_mask(saved_model, pretrainer,
+                                                           uncased_tokenizer):
+    """The warmup file (every signature) and fill-mask requests run where only the folder is."""
+    warmup = read_warmup_requests(saved_model)
+    assert warmup_path(saved_model) == os.path.join(saved_model, "assets.extra",
+                                                    "tf_serving_warmup_requests")
+    assert {s for s, _ in warmup} == set(signature_inputs(saved_model)) == set(SIGNATURES)
+    assert {s: inputs["token_ids"].dtype for s, inputs in warmup if "token_ids" in inputs} == {
+        "serving_token_ids": np.int32, "serving_token_ids_int64": np.int64}
+    raw = [t.encode() for t in TEXTS] + [b"caf\xe9 [MASK] \xff\xfe"]  # invalid UTF-8 too
+    many = [raw[i % len(raw)] for i in range(256)]
+    requests = warmup + [
+        (FILL_MASK_SIGNATURE, {"text": np.array(raw, dtype=object)}),
+        (FILL_MASK_SIGNATURE, {"text": ["[MASK]"]}),
+        (FILL_MASK_SIGNATURE, {"text": np.array(many, dtype=object)}),
+        ("serving_default", {"text": np.array(raw, dtype=object)}),
+        ("serving_wordpieces", {"text": np.array(raw, dtype=object)}),
+    ]
+    served = run_requests_in_fresh_process(saved_model, requests)
+    for (signature, inputs), actual in zip(requests, served):
+        expected = _keras_outputs(signature, inputs, pretrainer, uncased_tokenizer)
+        what = f"{signature} on {len(next(iter(inputs.values())))} rows"
+        if signature == FILL_MASK_SIGNATURE:
+            assert sorted(actual) == sorted(expected), what
+            assert compare_fill_mask(actual, expected, 1e-5, what) <= 1e-5
+            assert actual["top_token_ids"].shape[-1] == TOP_K
+        else:
+            mask = expected.get("padding_mask", inputs.get("padding_mask"))
+            _assert_outputs_equal(actual, expected, mask, what)
+    filled = served[len(warmup)]
+    assert filled["num_masks"].tolist() == [1, 3, 0, 0, 0, 1, 1]
+    assert filled["truncated"].tolist() == [False] * 4 + [True, True, False]
+    # Padding of the mask axis: -1 positions and ids, "" tokens, probability 0.
+    assert filled["mask_positions"][0].tolist() == [4, -1, -1]
+    assert filled["top_tokens"][0, 1].tolist() == [""] * TOP_K
+    assert (filled["top_probabilities"][2] == 0).all() and (filled["top_token_ids"][2] == -1).all()
+    assert served[len(warmup) + 3]["truncated"].tolist() == [False] * 4 + [True, True, False]
+
+
+def test_compare_fill_mask_catches_a_different_token(pretrainer, uncased_tokenizer):
+    expected = fill_mask(pretrainer, uncased_tokenizer, TEXTS[:2], TOP_K, LENGTH)
+    swapped = {k: v.copy() for k, v in expected.items()}
+    swapped["top_token_ids"][0, 0, [0, 1]] = swapped["top_token_ids"][0, 0, [1, 0]]
+    with pytest.raises(ExportVerificationError, match="text 0, mask 0, rank 0: token id"):
+        compare_fill_mask(swapped, expected, 1e-5, "swapped")
+    moved = dict(expected, mask_positions=expected["mask_positions"] + 1)
+    with pytest.raises(ExportVerificationError, match="`mask_positions` is"):
+        compare_fill_mask(moved, expected, 1e-5, "moved")
+    with pytest.raises(ValueError, match=r"top_k=0 must be an int in \[1, vocab_size=30522\]"):
+        fill_mask(pretrainer, uncased_tokenizer, TEXTS, top_k=0)
+
+
+def _cli(*args, with_tensorflow_text=False):
+    """`saved_model_cli ARGS`: the installed program, or its module after `import tensorflow_text`
+    (the tokenizer ops; TF Serving's model server links them in)."""
+    if with_tensorflow_text:
+        command = [sys.executable, "-c", ("import sys, tensorflow_text; "
+                                          "from tensorflow.python.tools import saved_model_cli "
+                                          "as cli; sys.argv[0] = 'saved_model_cli'; cli.main()")]
+    else:
+        command = [os.path.join(os.path.dirname(sys.executable), "saved_model_cli")]
+    proc = subprocess.run(command + list(args), capture_output=True, text=True, timeout=300,
+                          check=False, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_saved_model_cli_shows_the_signatures_and_runs_the_ids_signature(saved_model, pretrainer,
+                                                                         tmp_path):
+    shown = _cli("show", "--dir", saved_model, "--all")
+    blocks = shown.split("signature_def['")[1:]
+    listed = {block.split("'")[0]: block for block in blocks}
+    assert set(listed) == set(SIGNATURES) | {"__saved_model_init_op"}
+    for name, (inputs, outputs) in SIGNATURES.items():
+        block = listed[name]
+        assert sorted(block.split("inputs['")[i].split("'")[0]
+                      for i in range(1, len(inputs) + 1)) == inputs, name
+        assert sorted(part.split("'")[0] for part in block.split("outputs['")[1:]) == outputs, name
+        assert "Method name is: tensorflow/serving/predict" in block
+    assert "dtype: DT_BOOL" in listed["serving_default"].split("outputs['truncated']")[1]
+    ids = [[101, 3000, 2003, 1996, 103, 102], [101, 7592, 102, 0, 0, 0]]
+    mask = [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    _cli("run", "--dir", saved_model, "--tag_set", "serve", "--signature_def",
+         "serving_token_ids", "--outdir", str(tmp_path), "--input_exprs",
+         f"token_ids={ids};segment_ids={[[0] * 6] * 2};padding_mask={mask}",
+         with_tensorflow_text=True)
+    expected = pretrainer.encoder({"token_ids": np.array(ids, "int32"),
+                                   "segment_ids": np.zeros((2, 6), "int32"),
+                                   "padding_mask": np.array(mask, "int32")})
+    np.testing.assert_allclose(np.load(tmp_path / "pooled_output.npy"),
+                               expected["pooled_output"], atol=1e-4)
