@@ -148,3 +148,14 @@ def test_a_mediapipe_file_runs_in_mediapipe_too(encoder, uncased_tokenizer, unca
     other = BertClassifier(BertEncoder.from_config(encoder.get_config()), 3)
     randomize(other, seed=8, scale=0.3)
     assert not any(r.passed for r in validate.validate_export(path, other, uncased_tokenizer))
+
+
+def test_a_string_input_file_runs_with_the_tf_text_kernels(encoder, uncased_tokenizer, tmp_path):
+    from kbert.serving import tflite_text
+
+    path = str(tmp_path / "text.tflite")
+    tflite_text.export_text_tflite(encoder, uncased_tokenizer, path, sequence_length=16)
+    (report,) = validate.validate_export(path, encoder, uncased_tokenizer)
+    assert report.kind == "TFLite text-in encoder" and report.passed, report.problems
+    assert report.max_abs_diff <= 1e-4 and report.cosine > 0.9999
+    assert "FastWordpieceTokenizeWithOffsets" in " ".join(report.notes)

@@ -33,6 +33,7 @@ from kbert.serving.task_library import (  # MediaPipe is imported inside its fun
     verify_task_classifier,
 )
 from kbert.serving.tflite import export_tflite, run_tflite, verify_tflite
+from kbert.serving.tflite_text import export_text_tflite, run_text_tflite, verify_text_tflite
 from kbert.serving.validate import ArtifactReport, format_report, validate_export
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "export_encoder",
     "export_saved_model",
     "export_task_classifier",
+    "export_text_tflite",
     "export_tflite",
     "format_report",
     "normalize_texts",
@@ -55,11 +57,13 @@ __all__ = [
     "run_classifier_tflite",
     "run_saved_model_in_fresh_process",
     "run_task_classifier",
+    "run_text_tflite",
     "run_tflite",
     "validate_export",
     "verify_classifier_exports",
     "verify_embedder_saved_model",
     "verify_saved_model",
     "verify_task_classifier",
+    "verify_text_tflite",
     "verify_tflite",
 ]

@@ -264,7 +264,10 @@ def compare_arrays(actual, expected, padding_mask):
 
 
 def judge(report, recipe):
-    """Sets `report.passed`/`problems` from its numbers and `TOLERANCES[recipe]`."""
+    """Adds to `report.problems` what its numbers break of `TOLERANCES[recipe]`; sets `passed`.
+
+    Problems already recorded (a failed warmup request, say) are kept.
+    """
     max_diff, min_cosine, min_agreement = TOLERANCES[recipe]
     if report.max_abs_diff is None:
         report.problems.append("no output could be compared with the Keras model")
@@ -446,11 +449,7 @@ def validate_saved_model(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
             report.problems.append(f"the warmup file has no request for {missing}")
     else:
         report.notes.append(f"no warmup file ({WARMUP_FILE})")
-    problems = list(report.problems)
-    judge(report, "saved_model")
-    report.problems = problems + [p for p in report.problems if p not in problems]
-    report.passed = not report.problems
-    return report
+    return judge(report, "saved_model")
 
 
 def _saved_model_kind(signatures):
@@ -560,13 +559,70 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
     return judge(report, recipe)
 
 
-def has_task_metadata(path):
-    """Whether a `.tflite` file carries TFLite Model Metadata (a MediaPipe/Task Library file)."""
+def _flatbuffer(path):
     from tensorflow.lite.python import schema_py_generated as schema_fb
 
     with open(path, "rb") as f:
-        model = schema_fb.Model.GetRootAs(f.read(), 0)
+        return schema_fb.Model.GetRootAs(f.read(), 0)
+
+
+def has_task_metadata(path):
+    """Whether a `.tflite` file carries TFLite Model Metadata (a MediaPipe/Task Library file)."""
+    model = _flatbuffer(path)
     return any(model.Metadata(i).Name() == b"TFLITE_METADATA" for i in range(model.MetadataLength()))
+
+
+def custom_ops(path):
+    """The names of the custom (non-builtin) ops a `.tflite` file uses, sorted."""
+    model = _flatbuffer(path)
+    codes = (model.OperatorCodes(i).CustomCode() for i in range(model.OperatorCodesLength()))
+    return sorted(code.decode() for code in codes if code)
+
+
+def validate_text_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
+    """Validates a string-input TFLite file (tokenizer inside) in LiteRT with tf-text's kernels.
+
+    The file's ids must equal kbert's `BertTokenizer` + `BertPacker` at its
+    length, except on texts holding the characters where the on-device
+    normaliser is documented to differ (`tflite_text.tokenizer_differences`);
+    its outputs are compared with Keras on the file's own ids.
+
+    Returns:
+        `ArtifactReport` (kind "TFLite text-in encoder|classifier"), judged as float32.
+    """
+    import time
+
+    from kbert.serving import tflite_text
+
+    report = ArtifactReport(path, "TFLite text-in", _size(path))
+    outputs = tflite_text.run_text_tflite(path, texts)
+    length = outputs["token_ids"].shape[1]
+    features = pack_texts(tokenizer, texts, length)
+    differs = np.zeros(len(texts), bool)
+    for name, value in features.items():
+        differs |= (outputs[name] != value).any(axis=1)
+    explained = tflite_text.tokenizer_differences(tokenizer, texts)
+    unexplained = [i for i in np.flatnonzero(differs) if not explained[i]]
+    if unexplained:
+        report.problems.append(f"ids differ from kbert's tokenizer on texts {unexplained} "
+                               f"(first: {texts[unexplained[0]]!r}) with no documented cause")
+    if differs.any():
+        report.notes.append(f"ids differ on texts {np.flatnonzero(differs).tolist()} by the "
+                            "documented on-device normalisation")
+    own = {name: outputs[name] for name in ("token_ids", "segment_ids", "padding_mask")}
+    report.kind += " classifier" if "probabilities" in outputs else " encoder"
+    report.max_abs_diff, report.cosine, report.label_agreement = compare_arrays(
+        outputs, reference_outputs(model, own), own["padding_mask"])
+    runner = tflite_text.text_tflite_interpreter(path).get_signature_runner()
+    one = np.array([texts[0]], dtype=object)
+    times = []
+    for _ in range(max(runs, 20) + 1):
+        start = time.perf_counter()
+        runner(text=one)
+        times.append(time.perf_counter() - start)
+    report.latency_ms = 1000 * float(np.median(times[1:]))
+    report.notes.append(f"custom ops {custom_ops(path)}, length {length}")
+    return judge(report, "float32")
 
 
 def validate_task_file(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
@@ -658,6 +714,8 @@ def validate_export(path, model=None, tokenizer=None, texts=SAMPLE_TEXTS, runs=2
     for kind, artifact in artifacts:
         if kind == "saved_model":
             reports.append(validate_saved_model(artifact, model, tokenizer, texts, runs))
+        elif custom_ops(artifact):
+            reports.append(validate_text_tflite(artifact, model, tokenizer, texts, runs))
         else:
             reports.append(validate_tflite(artifact, model, tokenizer, texts, runs))
             if has_task_metadata(artifact):
