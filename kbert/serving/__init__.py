@@ -33,7 +33,11 @@ from kbert.serving.task_library import (  # MediaPipe is imported inside its fun
     verify_task_classifier,
 )
 from kbert.serving.tflite import export_tflite, run_tflite, verify_tflite
-from kbert.serving.tflite_text import export_text_tflite, run_text_tflite, verify_text_tflite
+from kbert.serving.tflite_text import (
+    export_text_tflite,
+    run_text_tflite,
+    verify_text_tflite,
+)
 from kbert.serving.validate import ArtifactReport, format_report, validate_export
 
 __all__ = [
