@@ -138,24 +138,36 @@ def export_classifier_saved_model(model, tokenizer, export_base, label_list=None
     return write_archive(archive, path, requests)
 
 
-def export_classifier_tflite(model, path, sequence_length=128):
+def export_classifier_tflite(model, path, sequence_length=128, recipe="float32",
+                             representative_data=None):
     """Converts a `BertClassifier` to a TFLite file with MediaPipe's input names.
 
     Inputs (signature `serving_default`): int32 `ids`, `mask`, `segment_ids`
-    `(1, sequence_length)`; output float32 `probabilities` `(1, num_classes)`
-    (`score` `(1,)` for regression). TFLite builtin ops only. Written
-    atomically (a failure leaves no file at `path`).
+    `(1, sequence_length)`, bound by name; output float32 `probabilities`
+    `(1, num_classes)` (`score` `(1,)` for regression), under every recipe.
+    TFLite builtin ops only. Written atomically (a failure leaves no file at
+    `path`).
 
     Args:
         model: `kbert.models.BertClassifier`.
         path: str, the `.tflite` file to write.
         sequence_length: int <= `max_position_embeddings`.
+        recipe: str, a key of `kbert.serving.tflite_recipes.TFLITE_RECIPES`:
+            `float32`, `float16`, `dynamic_int8` or `int8_selective`.
+        representative_data: for `int8_selective` only (required there): a
+            dict of int arrays `(num_examples, sequence_length)` with kbert
+            names `token_ids`, `segment_ids`, `padding_mask` (as
+            `run_classifier_tflite` takes them; e.g. `BertTextPreprocessor`
+            on a few hundred training texts), or a list of such dicts.
 
     Returns:
         bytes, the flatbuffer (also written to `path`).
 
     Raises:
-        ValueError: `sequence_length` above `max_position_embeddings`.
+        ValueError: `sequence_length` above `max_position_embeddings`, an
+            unknown recipe, missing or malformed `representative_data` (before
+            anything is converted or written).
+        TypeError: representative data that is not dicts of integer arrays.
     """
     check_tflite_target(model, sequence_length)
     regression = model.num_classes == 1
@@ -168,7 +180,8 @@ def export_classifier_tflite(model, path, sequence_length=128):
         }
 
     specs = [tf.TensorSpec([1, sequence_length], tf.int32, name=n) for n in TFLITE_INPUT_NAMES]
-    return convert_to_tflite(model, serve, specs, TFLITE_SIGNATURE, path)
+    return convert_to_tflite(model, serve, specs, TFLITE_SIGNATURE, path, recipe,
+                             representative_data, names=TFLITE_INPUT_NAMES)
 
 
 def run_classifier_tflite(path, features):

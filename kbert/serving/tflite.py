@@ -1,4 +1,4 @@
-"""TFLite export of the token-id encoder, TFLite builtin ops only."""
+"""TFLite export of the token-id encoder, TFLite builtin ops only, in each named recipe."""
 
 import numbers
 import os
@@ -15,11 +15,17 @@ from kbert.serving.saved_model import (
     compare_outputs,
     new_export_archive,
 )
+from kbert.serving.tflite_recipes import (
+    check_recipe,
+    convert_saved_model,
+    representative_dataset,
+)
 
 SIGNATURE = "serving_token_ids"
 
 
-def export_tflite(encoder, path, sequence_length=128, batch_size=1):
+def export_tflite(encoder, path, sequence_length=128, batch_size=1, recipe="float32",
+                  representative_data=None):
     """Converts `encoder` to a TFLite flatbuffer with fixed-shape int32 inputs.
 
     Inputs (signature `serving_token_ids`): `token_ids`, `segment_ids`,
@@ -27,25 +33,35 @@ def export_tflite(encoder, path, sequence_length=128, batch_size=1):
     runner helpers (`run_tflite`, `verify_tflite`) refuse other shapes with
     a ValueError naming the accepted one. Outputs: float32
     `pooled_output` `(batch_size, hidden_size)` and `sequence_output`
-    `(batch_size, sequence_length, hidden_size)`. Conversion goes through
-    `keras.export.ExportArchive` (which keeps Keras 3 variables) and
-    `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`, so the file runs
-    on the stock TFLite runtime without Flex ops. The file is written
-    atomically (a failure leaves no file at `path`; an existing file is
-    replaced only once the new one is complete).
+    `(batch_size, sequence_length, hidden_size)`, under every recipe.
+    Conversion goes through `keras.export.ExportArchive` (which keeps Keras 3
+    variables) and `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`,
+    so the file runs on the stock TFLite runtime without Flex ops. The file is
+    written atomically (a failure leaves no file at `path`; an existing file
+    is replaced only once the new one is complete).
 
     Args:
         encoder: `kbert.models.BertEncoder` (float32 weights recommended).
         path: str, output `.tflite` file.
         sequence_length: int <= `max_position_embeddings`.
         batch_size: int >= 1, fixed batch dimension.
+        recipe: str, a key of `kbert.serving.tflite_recipes.TFLITE_RECIPES`:
+            `float32`, `float16`, `dynamic_int8` or `int8_selective`.
+        representative_data: for `int8_selective` only (required there): a
+            dict of int arrays `(num_examples, sequence_length)` keyed by
+            `token_ids`, `segment_ids`, `padding_mask` (e.g. the output of
+            `kbert.text.BertTextPreprocessor` on a few hundred of your own
+            texts), or a list of such dicts.
 
     Returns:
         bytes of the model (also written to `path`).
 
     Raises:
-        ValueError: `sequence_length` above `max_position_embeddings`, or a
-            `batch_size` below 1 (before anything is written).
+        ValueError: `sequence_length` above `max_position_embeddings`, a
+            `batch_size` below 1, an unknown recipe, missing or malformed
+            `representative_data` (see `tflite_recipes.representative_dataset`),
+            all before anything is converted or written.
+        TypeError: representative data that is not dicts of integer arrays.
         tf.lite ConverterError: an op outside the TFLite builtins.
     """
     check_tflite_target(encoder, sequence_length, batch_size)
@@ -58,7 +74,7 @@ def export_tflite(encoder, path, sequence_length=128, batch_size=1):
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
     specs = [tf.TensorSpec([batch_size, sequence_length], tf.int32, name=n) for n in INPUT_NAMES]
-    return convert_to_tflite(encoder, serve, specs, SIGNATURE, path)
+    return convert_to_tflite(encoder, serve, specs, SIGNATURE, path, recipe, representative_data)
 
 
 def check_tflite_target(model, sequence_length, batch_size=1):
@@ -78,37 +94,56 @@ def check_tflite_target(model, sequence_length, batch_size=1):
         raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
 
 
-def convert_to_tflite(model, function, input_signature, signature, path):
+def convert_to_tflite(model, function, input_signature, signature, path, recipe="float32",
+                      representative_data=None, names=None):
     """Converts `function` (reading `model`'s variables) to a TFLite file, builtin ops only.
 
     Goes through `keras.export.ExportArchive` (which keeps Keras 3
-    variables) and `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`,
-    so the file runs on the stock TFLite runtime without Flex ops. The file
+    variables) and `tf.lite.TFLiteConverter` restricted to `TFLITE_BUILTINS`
+    with the settings of `recipe` (`kbert.serving.tflite_recipes`), so the
+    file runs on the stock TFLite runtime without Flex ops. The recipe and
+    the representative data are checked before anything is traced. The file
     is written atomically (`kbert.serving.saved_model.atomic_output`).
 
     Args:
         model: the Keras model whose variables `function` reads (saved
             through `function`; see `new_export_archive`).
         function: callable of the `input_signature` tensors -> dict of outputs.
-        input_signature: list of `tf.TensorSpec` with names (fixed shapes).
+        input_signature: list of int32 `tf.TensorSpec` with names (fixed shapes).
         signature: str, the signature key in the TFLite file.
         path: str, the `.tflite` file to write.
+        recipe: str, a key of `TFLITE_RECIPES`.
+        representative_data: the integer recipes' examples (see
+            `tflite_recipes.representative_dataset`), keyed by the feature
+            names (`names` values).
+        names: optional dict file input name -> feature name of
+            `representative_data` (default: the same names).
 
     Returns:
         bytes, the flatbuffer (also written to `path`).
 
     Raises:
+        ValueError, TypeError: an unknown recipe, missing or malformed
+            `representative_data` (see `tflite_recipes.check_recipe` and
+            `tflite_recipes.representative_dataset`).
         tf.lite ConverterError: an op outside the TFLite builtins.
     """
+    check_recipe(recipe, representative_data)
+    config = getattr(model, "bert_config", None) or model.encoder.bert_config
+    dataset = None
+    if representative_data is not None:
+        names = names or {spec.name: spec.name for spec in input_signature}
+        limits = {"token_ids": config.vocab_size, "segment_ids": config.type_vocab_size}
+        dataset = representative_dataset(representative_data, input_signature, signature,
+                                          names, limits)
     with tempfile.TemporaryDirectory() as saved_model_dir:
         archive = new_export_archive(model)
         archive.add_endpoint(signature, function, input_signature=input_signature)
         archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            saved_model_dir, signature_keys=[signature]
+        flatbuffer = convert_saved_model(
+            saved_model_dir, signature, recipe, dataset,
+            float_fully_connected_inputs=(config.intermediate_size,),
         )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        flatbuffer = converter.convert()
     with atomic_output(path) as temporary, open(temporary, "wb") as f:
         f.write(flatbuffer)
         f.flush()
