@@ -164,43 +164,170 @@ def _assert_outputs_equal(actual, expected, padding_mask, what):
                                           err_msg=f"{what}: {name}")
 
 
-def test_saved_model_in_fresh_process_warmup_and_fill_mask(saved_model, pretrainer,
-                                                           uncased_tokenizer):
-    """The warmup file (every signature) and fill-mask requests run where only the folder is."""
-    warmup = read_warmup_requests(saved_model)
+# The requests BUILD.md documents (section "Serving with TF Serving"), as a client sends them.
+REST_BODIES = {
+    "text": '{"instances": ["The quick brown fox jumps over the lazy dog.", ""]}',
+    "fill_mask": '{"signature_name": "serving_fill_mask", '
+                 '"instances": ["The capital of France is [MASK]."]}',
+    "token_ids": '{"signature_name": "serving_token_ids", "inputs": {"token_ids": '
+                 '[[101, 7592, 2088, 102]], "segment_ids": [[0, 0, 0, 0]], '
+                 '"padding_mask": [[1, 1, 1, 1]]}}',
+}
+GRPC_SNIPPET = """\
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel("localhost:8500"))
+request = predict_pb2.PredictRequest()
+request.model_spec.name = "bert"
+request.model_spec.signature_name = "serving_fill_mask"
+request.inputs["text"].CopyFrom(tf.make_tensor_proto(["The capital of France is [MASK]."]))
+response = stub.Predict(request, timeout=10.0)
+tokens = tf.make_ndarray(response.outputs["top_tokens"])  # bytes [B, M, k]
+probabilities = tf.make_ndarray(response.outputs["top_probabilities"])  # float32 [B, M, k]
+print([t.decode() for t in tokens[0, 0]], probabilities[0, 0])
+"""
+
+
+def _documented_requests():
+    """The REST bodies and gRPC snippet of BUILD.md once the section is there, else the above."""
+    from tests.conftest import REPO
+
+    build = (REPO / "BUILD.md").read_text(encoding="utf-8")
+    if "## Serving with TF Serving" not in build:
+        return REST_BODIES, GRPC_SNIPPET  # the text handed over for BUILD.md
+    section = build.split("## Serving with TF Serving", 1)[1].split("\n## ", 1)[0]
+    bodies = [part.split("'", 1)[0] for part in section.split("-d '")[1:]]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert bodies == list(REST_BODIES.values()) and snippet == GRPC_SNIPPET, \
+        "BUILD.md's TF Serving requests differ from the tested ones"
+    return REST_BODIES, snippet
+
+
+def _rest_inputs(body, signatures):
+    """TF Serving's JSON-to-tensor rules (REST API guide): `instances` (row format: one value,
+    or one object of named values, per batch row) or `inputs` (columnar), cast to the dtypes
+    of the signature, `serving_default` unless `signature_name` says otherwise."""
+    import json
+
+    request = json.loads(body)
+    signature = request.get("signature_name", "serving_default")
+    names = sorted(signatures[signature])
+    if "instances" in request:
+        rows = request["instances"]
+        columns = ({name: [row[name] for row in rows] for name in names}
+                   if isinstance(rows[0], dict) else {names[0]: rows})
+    else:
+        columns = request["inputs"] if isinstance(request["inputs"], dict) else {
+            names[0]: request["inputs"]}
+    assert sorted(columns) == names, (signature, sorted(columns), names)
+    return signature, {name: np.asarray(value, signatures[signature][name].as_numpy_dtype)
+                       for name, value in columns.items()}
+
+
+def _grpc_request(snippet):
+    """Runs the gRPC client snippet with a stub that keeps the request instead of sending it."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    class Stub:
+        def __init__(self, channel):
+            pass
+
+        def Predict(self, request, timeout):  # the gRPC method
+            Stub.request = request
+            raise _Sent
+
+    class _Sent(Exception):
+        pass
+
+    original = prediction_service_pb2_grpc.PredictionServiceStub
+    prediction_service_pb2_grpc.PredictionServiceStub = Stub
+    try:
+        exec(compile(snippet, "BUILD.md", "exec"), {})  # noqa: S102 (our own documentation)
+    except _Sent:
+        pass
+    finally:
+        prediction_service_pb2_grpc.PredictionServiceStub = original
+    request = Stub.request
+    assert request.model_spec.name == "bert"
+    return request.model_spec.signature_name, {
+        name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+
+
+RAW = [t.encode() for t in TEXTS] + [b"caf\xe9 [MASK] \xff\xfe"]  # invalid UTF-8 too
+
+
+@pytest.fixture(scope="module")
+def replies(saved_model):
+    """One fresh process (only the folder, as TF Serving loads it) answers every request here:
+    the warmup file's, fill-mask and text batches (invalid UTF-8, 1 and 256 rows), BUILD.md's."""
+    signatures = signature_inputs(saved_model)
+    rest, snippet = _documented_requests()
+    named = {f"warmup {i}": request for i, request in enumerate(read_warmup_requests(saved_model))}
+    named.update({
+        "fill_mask": (FILL_MASK_SIGNATURE, {"text": np.array(RAW, dtype=object)}),
+        "fill_mask batch 1": (FILL_MASK_SIGNATURE, {"text": ["[MASK]"]}),
+        "fill_mask batch 256": (FILL_MASK_SIGNATURE, {
+            "text": np.array([RAW[i % len(RAW)] for i in range(256)], dtype=object)}),
+        "text": ("serving_default", {"text": np.array(RAW, dtype=object)}),
+        "wordpieces": ("serving_wordpieces", {"text": np.array(RAW, dtype=object)}),
+        "grpc": _grpc_request(snippet),
+        **{f"rest {name}": _rest_inputs(body, signatures) for name, body in rest.items()},
+    })
+    served = run_requests_in_fresh_process(saved_model, list(named.values()))
+    return {name: (request, outputs) for (name, request), outputs in zip(named.items(), served)}
+
+
+def _check_against_keras(name, request, actual, pretrainer, tokenizer):
+    signature, inputs = request
+    expected = _keras_outputs(signature, inputs, pretrainer, tokenizer)
+    what = f"{name}: {signature} on {len(next(iter(inputs.values())))} rows"
+    if signature == FILL_MASK_SIGNATURE:
+        assert sorted(actual) == sorted(expected), what
+        assert compare_fill_mask(actual, expected, 1e-5, what) <= 1e-5
+        assert actual["top_token_ids"].shape[-1] == TOP_K
+    else:
+        mask = expected.get("padding_mask", inputs.get("padding_mask"))
+        _assert_outputs_equal(actual, expected, mask, what)
+
+
+def test_warmup_file_covers_every_signature_and_each_request_runs(saved_model, replies, pretrainer,
+                                                                  uncased_tokenizer):
+    warmup = read_warmup_requests(saved_model)  # parses as PredictionLogs
     assert warmup_path(saved_model) == os.path.join(saved_model, "assets.extra",
                                                     "tf_serving_warmup_requests")
     assert {s for s, _ in warmup} == set(signature_inputs(saved_model)) == set(SIGNATURES)
     assert {s: inputs["token_ids"].dtype for s, inputs in warmup if "token_ids" in inputs} == {
         "serving_token_ids": np.int32, "serving_token_ids_int64": np.int64}
-    raw = [t.encode() for t in TEXTS] + [b"caf\xe9 [MASK] \xff\xfe"]  # invalid UTF-8 too
-    many = [raw[i % len(raw)] for i in range(256)]
-    requests = warmup + [
-        (FILL_MASK_SIGNATURE, {"text": np.array(raw, dtype=object)}),
-        (FILL_MASK_SIGNATURE, {"text": ["[MASK]"]}),
-        (FILL_MASK_SIGNATURE, {"text": np.array(many, dtype=object)}),
-        ("serving_default", {"text": np.array(raw, dtype=object)}),
-        ("serving_wordpieces", {"text": np.array(raw, dtype=object)}),
-    ]
-    served = run_requests_in_fresh_process(saved_model, requests)
-    for (signature, inputs), actual in zip(requests, served):
-        expected = _keras_outputs(signature, inputs, pretrainer, uncased_tokenizer)
-        what = f"{signature} on {len(next(iter(inputs.values())))} rows"
-        if signature == FILL_MASK_SIGNATURE:
-            assert sorted(actual) == sorted(expected), what
-            assert compare_fill_mask(actual, expected, 1e-5, what) <= 1e-5
-            assert actual["top_token_ids"].shape[-1] == TOP_K
-        else:
-            mask = expected.get("padding_mask", inputs.get("padding_mask"))
-            _assert_outputs_equal(actual, expected, mask, what)
-    filled = served[len(warmup)]
+    for i in range(len(warmup)):
+        request, actual = replies[f"warmup {i}"]
+        _check_against_keras(f"warmup {i}", request, actual, pretrainer, uncased_tokenizer)
+
+
+def test_fill_mask_and_truncation_in_fresh_process(replies, pretrainer, uncased_tokenizer):
+    for name in ("fill_mask", "fill_mask batch 1", "fill_mask batch 256", "text", "wordpieces"):
+        _check_against_keras(name, *replies[name], pretrainer, uncased_tokenizer)
+    filled = replies["fill_mask"][1]
     assert filled["num_masks"].tolist() == [1, 3, 0, 0, 0, 1, 1]
     assert filled["truncated"].tolist() == [False] * 4 + [True, True, False]
     # Padding of the mask axis: -1 positions and ids, "" tokens, probability 0.
     assert filled["mask_positions"][0].tolist() == [4, -1, -1]
     assert filled["top_tokens"][0, 1].tolist() == [""] * TOP_K
     assert (filled["top_probabilities"][2] == 0).all() and (filled["top_token_ids"][2] == -1).all()
-    assert served[len(warmup) + 3]["truncated"].tolist() == [False] * 4 + [True, True, False]
+    assert replies["text"][1]["truncated"].tolist() == [False] * 4 + [True, True, False]
+    assert replies["fill_mask batch 256"][1]["top_tokens"].shape == (256, 3, TOP_K)
+
+
+def test_documented_rest_and_grpc_requests_match_the_signatures(replies, pretrainer,
+                                                                uncased_tokenizer):
+    """BUILD.md's curl bodies and gRPC snippet, mapped onto the signatures as TF Serving maps
+    them, run and give the Keras outputs (no server here: the mapping is TF Serving's rules)."""
+    for name in ("rest text", "rest fill_mask", "rest token_ids", "grpc"):
+        _check_against_keras(name, *replies[name], pretrainer, uncased_tokenizer)
+    assert replies["grpc"][0][0] == replies["rest fill_mask"][0][0] == FILL_MASK_SIGNATURE
+    np.testing.assert_array_equal(replies["grpc"][1]["top_tokens"],
+                                  replies["rest fill_mask"][1]["top_tokens"])
 
 
 def test_compare_fill_mask_catches_a_different_token(pretrainer, uncased_tokenizer):
