@@ -740,6 +740,8 @@ def format_report(reports, root=None):
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
              for row in [header, *rows]]
+    for r, row in zip(reports, rows):
+        lines += [f"  {row[0]}: {note}" for note in r.notes]
     for r in reports:
         for problem in r.problems:
             lines.append(f"FAIL {r.path}: {problem}")
