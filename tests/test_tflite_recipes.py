@@ -24,6 +24,7 @@ from kbert.serving.classifier_export import TFLITE_INPUT_NAMES
 from kbert.serving.tflite_recipes import (
     TFLITE_RECIPES,
     check_recipe,
+    recipe_of,
     representative_dataset,
 )
 from kbert.text import BertTextPreprocessor
@@ -93,7 +94,7 @@ def encoder(uncased_tokenizer):
 def encoder_files(encoder, uncased_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipes")
     files = {}
-    for recipe in ("float16", "dynamic_int8", "int8_selective"):
+    for recipe in TFLITE_RECIPES:
         files[recipe] = str(folder / f"{recipe}.tflite")
         data = _calibration(uncased_tokenizer) if recipe == "int8_selective" else None
         export_tflite(encoder, files[recipe], sequence_length=LENGTH, recipe=recipe,
@@ -112,6 +113,8 @@ def test_registry_and_unknown_recipe():
 
 def test_recipes_store_the_weights_they_name(encoder_files, encoder):
     hidden, inner = encoder.bert_config.hidden_size, encoder.bert_config.intermediate_size
+    assert {(x, w) for _, x, w in _fully_connected(encoder_files["float32"])} == {
+        (np.float32, np.float32)}
     f16 = _fully_connected(encoder_files["float16"])
     assert {(x, w) for _, x, w in f16} == {(np.float32, np.float16)}
     dynamic = _fully_connected(encoder_files["dynamic_int8"])
@@ -129,7 +132,9 @@ def test_recipes_store_the_weights_they_name(encoder_files, encoder):
         name: {np.float32} for name in ("MEAN", "RSQRT", "SOFTMAX", "GELU", "BATCH_MATMUL")}
     assert kept["GATHER"] == {np.int8}  # the embedding tables
     sizes = {recipe: os.path.getsize(path) for recipe, path in encoder_files.items()}
-    assert sizes["dynamic_int8"] < sizes["float16"]
+    assert sizes["dynamic_int8"] < sizes["float16"] < sizes["float32"]
+    assert {recipe: recipe_of(path) for recipe, path in encoder_files.items()} == {
+        recipe: recipe for recipe in encoder_files}
 
 
 def test_recipes_run_by_name_and_match_keras(encoder_files, encoder, uncased_tokenizer):
@@ -220,6 +225,7 @@ def test_classifier_int8_selective(tmp_path):
     assert {n: d["dtype"] for n, d in runner.get_output_details().items()} == {
         "probabilities": np.float32}
     assert {x for _, x, _ in _fully_connected(path)} == {np.int8, np.float32}
+    assert recipe_of(path) == "int8_selective"
     features = _features(tokenizer, TEXTS)
     expected = tf.nn.softmax(model(features)).numpy()
     actual = run_classifier_tflite(path, features)

@@ -284,3 +284,48 @@ def _fully_connected_outputs(flatbuffer, input_widths):
                 in input_widths:
             names.extend(tensors[index]["name"] for index in op["outputs"])
     return names
+
+
+def recipe_of(path):
+    """Names the recipe a kbert TFLite file was converted with, from the dtypes it stores.
+
+    Reads the fully connected layers with the stock interpreter: float32
+    weights (`float32`), float16 weights dequantized at load (`float16`),
+    int8 weights on float inputs everywhere (`dynamic_int8`), int8 weights
+    on int8 inputs (`int8_selective`). A validator uses it to pick the
+    tolerance the file is held to.
+
+    Args:
+        path: str, a `.tflite` file written by `export_tflite` or
+            `export_classifier_tflite`.
+
+    Returns:
+        str, a key of `TFLITE_RECIPES`.
+
+    Raises:
+        ValueError: a file without fully connected layers, or whose weights
+            match no recipe (both named).
+    """
+    interpreter = tf.lite.Interpreter(model_path=path)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    producers = {out: op for op in ops for out in op["outputs"]}
+    kinds = set()
+    for op in ops:
+        if op["op_name"] != "FULLY_CONNECTED":
+            continue
+        weight = op["inputs"][1]
+        if weight in producers and producers[weight]["op_name"] == "DEQUANTIZE":
+            weight = producers[weight]["inputs"][0]
+        kinds.add((tensors[op["inputs"][0]]["dtype"], tensors[weight]["dtype"]))
+    if any(inputs == np.int8 for inputs, _ in kinds):
+        return "int8_selective"
+    recipes = {(np.float32, np.float32): "float32", (np.float32, np.float16): "float16",
+               (np.float32, np.int8): "dynamic_int8"}
+    found = {recipes.get(kind) for kind in kinds}
+    if len(found) != 1 or None in found:
+        raise ValueError(
+            f"{path}: fully connected (input, weight) dtypes {sorted(str(k) for k in kinds)} "
+            f"match no recipe of {list(TFLITE_RECIPES)}."
+        )
+    return found.pop()
