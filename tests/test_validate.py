@@ -1,6 +1,7 @@
 """export.validate: every artifact run in its consumer's runtime and judged against Keras."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,8 @@ def test_every_artifact_passes_with_real_numbers(export_dir, encoder, uncased_to
         assert 0 < report.max_abs_diff <= 1e-5  # float32 reorderings, never exactly 0
         assert report.cosine > 0.99999
         assert report.latency_ms > 0 and report.size_bytes > 1e6
+    assert re.fullmatch(r"\d+ warmup requests ran \(serving_default, serving_token_ids, "
+                        r"serving_token_ids_int64, serving_wordpieces\)", reports[1].notes[0])
     table = validate.format_report(reports, str(export_dir))
     assert "bert_v1.tflite" in table and "FAIL" not in table
 
@@ -107,28 +110,16 @@ def test_clear_errors(tmp_path, encoder, uncased_tokenizer):
         validate.validate_export(str(lone), encoder, uncased_tokenizer, texts=[])
 
 
-def test_recipe_is_read_off_the_tensor_types(encoder, tmp_path):
-    """float16 weights and dynamic-range int8 weights are told apart from float32."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from kbert.serving.saved_model import new_export_archive
-
-    def serve(token_ids, segment_ids, padding_mask):
-        return encoder({"token_ids": token_ids, "segment_ids": segment_ids,
-                        "padding_mask": padding_mask}, training=False)
-
-    archive = new_export_archive(encoder)
-    archive.add_endpoint("serving_token_ids", serve, input_signature=[
-        tf.TensorSpec([1, 8], tf.int32, name=n) for n in ("token_ids", "segment_ids", "padding_mask")])
-    archive.write_out(str(tmp_path / "sm"), verbose=False)
-    found = {}
-    for name, dtypes in (("float32", None), ("float16", [tf.float16]), ("dynamic_int8", [])):
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
-        if dtypes is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = dtypes
-        found[name] = validate.tflite_recipe(Interpreter(model_content=converter.convert()))
-    assert found == {"float32": "float32", "float16": "float16", "dynamic_int8": "dynamic_int8"}
+def test_quantized_files_are_held_to_their_recipe(encoder, uncased_tokenizer, tmp_path):
+    """A dynamic-range int8 file passes on cosine, where float32's 1e-4 would fail it."""
+    path = str(tmp_path / "bert_dynamic_int8.tflite")
+    export_tflite(encoder, path, sequence_length=16, recipe="dynamic_int8")
+    (report,) = validate.validate_export(path, encoder, uncased_tokenizer)
+    assert report.kind == "TFLite encoder dynamic_int8" and report.passed, report.problems
+    assert report.max_abs_diff > 1e-4 and report.cosine >= 0.99
+    report.cosine = 0.98  # the same numbers under float32's or float16's rules fail
+    assert not validate.judge(report, "float32").passed
+    assert "cosine 0.98 < 0.99" in validate.judge(report, "float16").problems[-1]
 
 
 def test_a_mediapipe_file_runs_in_mediapipe_too(encoder, uncased_tokenizer, uncased_vocab, tmp_path):

@@ -33,6 +33,7 @@ from kbert.serving.task_library import (  # MediaPipe is imported inside its fun
     verify_task_classifier,
 )
 from kbert.serving.tflite import export_tflite, run_tflite, verify_tflite
+from kbert.serving.tflite_recipes import TFLITE_RECIPES, TfliteRecipe, recipe_of
 from kbert.serving.tflite_text import (
     export_text_tflite,
     run_text_tflite,
@@ -42,11 +43,13 @@ from kbert.serving.validate import ArtifactReport, format_report, validate_expor
 
 __all__ = [
     "TEXT_SIGNATURE",
+    "TFLITE_RECIPES",
     "TOKEN_IDS_INT64_SIGNATURE",
     "TOKEN_IDS_SIGNATURE",
     "WORDPIECES_SIGNATURE",
     "ArtifactReport",
     "ExportVerificationError",
+    "TfliteRecipe",
     "export_classifier_saved_model",
     "export_classifier_tflite",
     "export_embedder_saved_model",
@@ -58,6 +61,7 @@ __all__ = [
     "format_report",
     "normalize_texts",
     "read_task_metadata",
+    "recipe_of",
     "run_classifier_tflite",
     "run_saved_model_in_fresh_process",
     "run_task_classifier",

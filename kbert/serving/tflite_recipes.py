@@ -289,7 +289,7 @@ def _fully_connected_outputs(flatbuffer, input_widths):
 def recipe_of(path):
     """Names the recipe a kbert TFLite file was converted with, from the dtypes it stores.
 
-    Reads the fully connected layers with the stock interpreter: float32
+    Reads the fully connected layers with the LiteRT interpreter: float32
     weights (`float32`), float16 weights dequantized at load (`float16`),
     int8 weights on float inputs everywhere (`dynamic_int8`), int8 weights
     on int8 inputs (`int8_selective`). A validator uses it to pick the
@@ -306,7 +306,9 @@ def recipe_of(path):
         ValueError: a file without fully connected layers, or whose weights
             match no recipe (both named).
     """
-    interpreter = tf.lite.Interpreter(model_path=path)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     producers = {out: op for op in ops for out in op["outputs"]}

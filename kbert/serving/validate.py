@@ -15,13 +15,13 @@ compares it with the Keras model it came from:
   runtime TFLite's own docs now point phones and Python to, inputs bound by
   name through the signature runner. The recipe (float32, float16,
   dynamic-range int8, integer) is read off the file's tensor types and sets
-  the tolerance (`TOLERANCES`).
+  the tolerance (`TOLERANCES`; `tflite_recipes.recipe_of`).
 
 Each artifact gets a row: size, max abs difference, agreement (pooled-output
 cosine for encoders, label agreement for classifiers), median batch-1 latency
 over `runs` calls, and pass/fail. Tolerances follow issue 8: a SavedModel
 within 1e-5 of Keras, float32 TFLite within 1e-4, float16 and dynamic-range
-int8 pooled cosine >= 0.99 (labels >= 97%), integer recipes cosine >= 0.98.
+int8 pooled cosine >= 0.99 (labels >= 97%), `int8_selective` cosine >= 0.98.
 """
 
 import dataclasses
@@ -49,7 +49,7 @@ TOLERANCES = {
     "float32": (1e-4, None, 1.0),
     "float16": (None, 0.99, 0.97),
     "dynamic_int8": (None, 0.99, 0.97),
-    "integer": (None, 0.98, None),
+    "int8_selective": (None, 0.98, None),
 }
 
 
@@ -467,28 +467,6 @@ def model_config(model):
     return getattr(model, "bert_config", None) or model.encoder.bert_config
 
 
-def tflite_recipe(interpreter):
-    """Which recipe made a TFLite file, read off its tensor types.
-
-    Args:
-        interpreter: an allocated LiteRT/TFLite interpreter of the file.
-
-    Returns:
-        "integer" (int16 activations, or int8 activations behind QUANTIZE
-        ops), "dynamic_int8" (int8 weights, float activations), "float16"
-        (float16 weights) or "float32".
-    """
-    dtypes = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
-    if "int16" in dtypes or ("int8" in dtypes and "QUANTIZE" in ops):
-        return "integer"
-    if "int8" in dtypes:
-        return "dynamic_int8"
-    if "float16" in dtypes:
-        return "float16"
-    return "float32"
-
-
 # kbert's id inputs under the names a TFLite file may give them (MediaPipe's for classifiers).
 _TFLITE_ID_NAMES = {"token_ids": "token_ids", "segment_ids": "segment_ids",
                     "padding_mask": "padding_mask", "ids": "token_ids", "mask": "padding_mask"}
@@ -511,6 +489,7 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
     from ai_edge_litert.interpreter import Interpreter
 
     from kbert.serving.tflite import check_tflite_inputs
+    from kbert.serving.tflite_recipes import recipe_of
 
     report = ArtifactReport(path, "TFLite", _size(path))
     interpreter = Interpreter(model_path=path)
@@ -527,7 +506,12 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
         report.problems.append(f"inputs {unknown} are not token-id inputs this validator knows")
         report.passed = False
         return report
-    recipe = tflite_recipe(interpreter)
+    try:
+        recipe = recipe_of(path)
+    except ValueError as error:
+        report.problems.append(str(error))
+        report.passed = False
+        return report
     batch, length = (int(d) for d in next(iter(details.values()))["shape"])
     # Texts are cycled to fill whole batches of the file's fixed size.
     count = -(-len(texts) // batch) * batch
@@ -554,7 +538,7 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20):
         runner(**one)
         times.append(time.perf_counter() - start)
     report.latency_ms = 1000 * float(np.median(times[1:]))
-    report.notes.append(f"recipe {recipe} (read from the tensor types), batch {batch}, "
+    report.notes.append(f"recipe {recipe} (read off its layers' dtypes), batch {batch}, "
                         f"length {length}, {count} texts")
     return judge(report, recipe)
 
