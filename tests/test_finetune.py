@@ -116,7 +116,7 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
     args = ["--task=classification", f"--train_file={train}", f"--eval_file={dev}",
             f"--vocab_file={uncased_vocab}", "--preset=bert_tiny", f"--model_dir={model_dir}",
             "--num_epochs=2", "--global_batch_size=16", "--sequence_length=32",
-            "--learning_rate=1e-3"]
+            "--tflite_recipes=float32,dynamic_int8", "--learning_rate=1e-3"]
     result = _run(args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # Quiet console: no TensorFlow INFO/ERROR chatter, a result table at the end.
@@ -162,6 +162,14 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
     row = runner(ids=features["token_ids"].numpy()[:1], mask=features["padding_mask"].numpy()[:1],
                  segment_ids=features["segment_ids"].numpy()[:1])
     np.testing.assert_allclose(row["probabilities"], probabilities[:1], atol=1e-5)
+    # The dynamic-range int8 file beside it, validated by its recipe's rules at export.
+    quantized = model_dir / "export" / "classifier_v1_dynamic_int8.tflite"
+    from kbert.serving import recipe_of
+
+    assert recipe_of(str(quantized)) == "dynamic_int8"
+    assert quantized.stat().st_size < 0.5 * (model_dir / "export" / "classifier_v1.tflite").stat().st_size
+    check = json.loads((model_dir / "metrics.json").read_text())["export"]["checked"][f"TFLite {quantized}"]
+    assert check["cosine"] >= 0.99 and check["label_agreement"] >= 0.97
     # ... and MediaPipe's metadata, so the same file runs in MediaPipe's TextClassifier.
     from kbert.serving import task_library
 
@@ -193,6 +201,11 @@ def test_finetune_bad_input_one_line_errors(tmp_path, sst2_small, uncased_vocab)
     unknown = _run(["--task=classification", f"--train_file={train}", f"--eval_file={bad}", *common])
     assert unknown.returncode != 0
     assert f"{bad}:3: label '7' is not one of the training labels ['0', '1']" in unknown.stderr
+    recipe = _run(["--task=classification", f"--train_file={train}", f"--eval_file={dev}",
+                   "--tflite_recipes=float32,int4", *common])
+    assert recipe.returncode != 0 and recipe.stderr.strip().count("\n") == 0, recipe.stderr
+    assert ("--tflite_recipes=float32,int4: choose from float32, float16, dynamic_int8, "
+            "int8_selective.") in recipe.stderr
     column = _run(["--task=classification", f"--train_file={train}", f"--eval_file={dev}",
                    "--text_columns=text", *common])
     assert column.returncode != 0 and "no column ['text'] in the header" in column.stderr

@@ -24,7 +24,7 @@ import sys
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 TASKS = ("classification", "regression", "tagging", "squad")
 PRESETS = ("bert_tiny", "bert_mini", "bert_small", "bert_medium", "bert_base", "bert_large")
@@ -59,6 +59,7 @@ flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bf
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("seed", 12345, "Seed for batches and the head's initialisation.")
 flags.DEFINE_bool("export", True, "Export the best model (SavedModel + TFLite) at the end.")
+flags.DEFINE_list("tflite_recipes", ["float32"], "Classification: TFLite recipes to write (float32, float16, dynamic_int8, int8_selective; see BUILD.md).")
 flags.mark_flags_as_required(["task", "train_file", "eval_file", "model_dir"])
 
 
@@ -89,6 +90,20 @@ def _build_task(tokenizer):
         global_batch_size=FLAGS.global_batch_size,
         version_2_with_negative=FLAGS.version_2_with_negative, seed=FLAGS.seed,
     )
+
+
+def _check_tflite_recipes():
+    """Refuses unknown recipes, and recipes other than float32 for tasks without a TFLite file."""
+    from kbert.serving.tflite_recipes import TFLITE_RECIPES
+    from kbert.training import runs
+
+    unknown = [r for r in FLAGS.tflite_recipes if r not in TFLITE_RECIPES]
+    if unknown or not FLAGS.tflite_recipes:
+        raise runs.RunError(f"--tflite_recipes={','.join(FLAGS.tflite_recipes)}: choose from "
+                            f"{', '.join(TFLITE_RECIPES)}.")
+    if FLAGS.task != "classification" and FLAGS.tflite_recipes != ["float32"]:
+        raise runs.RunError(f"--tflite_recipes applies to --task=classification only (the "
+                            f"{FLAGS.task} export writes a SavedModel).")
 
 
 def main(argv):
@@ -135,6 +150,7 @@ def main(argv):
                 f"--sequence_length={FLAGS.sequence_length} exceeds the model's "
                 f"max_position_embeddings={limit}."
             )
+        _check_tflite_recipes()
         task = _build_task(tokenizer)
         settings = {
             "task": FLAGS.task,
@@ -202,7 +218,8 @@ def main(argv):
 
         try:
             summary["export"] = finetune_run.export_task(
-                task, final, tokenizer, FLAGS.model_dir, FLAGS.sequence_length
+                task, final, tokenizer, FLAGS.model_dir, FLAGS.sequence_length,
+                tflite_recipes=FLAGS.tflite_recipes,
             )
         except ExportVerificationError as e:
             finetuning.write_json(metrics_path, summary)

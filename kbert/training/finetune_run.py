@@ -88,8 +88,11 @@ def train_task(task, model, checkpoint, model_dir, schedule, start_step=0,
     return final, summary
 
 
-def export_task(task, model, tokenizer, model_dir, sequence_length):
+def export_task(task, model, tokenizer, model_dir, sequence_length, tflite_recipes=None):
     """Exports `model` with `task.export` into `MODEL_DIR/export`, TensorFlow's logs in `export.log`.
+
+    `tflite_recipes` (a list of `kbert.serving.TFLITE_RECIPES` names) is passed
+    on to tasks that write TFLite files (classification) when given.
 
     Returns:
         dict from `task.export` (paths and verification reports).
@@ -105,6 +108,7 @@ def export_task(task, model, tokenizer, model_dir, sequence_length):
     log = os.path.join(export_dir, "export.log")
     try:
         with runs.stderr_to_file(log):
-            return task.export(model, tokenizer, export_dir, sequence_length)
+            extra = {"tflite_recipes": tflite_recipes} if tflite_recipes else {}
+            return task.export(model, tokenizer, export_dir, sequence_length, **extra)
     except ExportVerificationError as e:
         raise ExportVerificationError(f"{e} (details in {log})") from e

@@ -12,6 +12,8 @@ from kbert.training.tasks.common import next_version
 # Evaluation texts the MediaPipe-format classifier file is checked on in MediaPipe itself
 # (MediaPipe runs one text per call: about 66 ms each for all-MiniLM-L6-v2 on 2 cores).
 MEDIAPIPE_CHECKED = 200
+# Training examples that calibrate the activation ranges of recipes that need data.
+CALIBRATION_EXAMPLES = 200
 
 
 class ClassificationTask:
@@ -106,7 +108,8 @@ class ClassificationTask:
             "label_column": self.label_column,
         }
 
-    def export(self, model, tokenizer, export_dir, sequence_length, max_checked=1000):
+    def export(self, model, tokenizer, export_dir, sequence_length, max_checked=1000,
+               tflite_recipes=("float32",)):
         """Writes the SavedModel (next free version) and the TFLite file; checks both.
 
         Layout: `export_dir/saved_model/classifier/VERSION/` and
@@ -119,6 +122,13 @@ class ClassificationTask:
         (vocabulary and labels, `kbert.serving.task_library`), so it runs
         unchanged in MediaPipe Tasks' `TextClassifier`; it is checked there
         too, on the first `MEDIAPIPE_CHECKED` examples.
+
+        Each other recipe of `tflite_recipes` (`kbert.serving.TFLITE_RECIPES`)
+        writes `export_dir/classifier_vVERSION_RECIPE.tflite`, calibrated on
+        the first `CALIBRATION_EXAMPLES` training examples where the recipe
+        needs data, and validated in the LiteRT interpreter against `model`
+        on the first `max_checked` evaluation texts by its recipe's rules
+        (`kbert.serving.validate.TOLERANCES`).
 
         Returns:
             dict: artifact paths, sizes and the verification report.
@@ -162,4 +172,31 @@ class ClassificationTask:
                 tflite, model, tokenizer, texts[0][:MEDIAPIPE_CHECKED], normalize=True)
             report[f"MediaPipe TextClassifier {tflite}"] = {
                 k: checked[k] for k in ("max_abs_diff", "label_agreement")}
-        return {"saved_model": saved_model, "tflite": tflite, "checked": report}
+        result = {"saved_model": saved_model, "tflite": tflite, "checked": report}
+        for recipe in tflite_recipes:
+            if recipe != "float32":
+                path = os.path.join(export_dir, f"classifier_v{version}_{recipe}.tflite")
+                report[f"TFLite {path}"] = self._export_recipe(
+                    model, tokenizer, path, sequence_length, recipe, max_checked)
+                result[f"tflite_{recipe}"] = path
+        return result
+
+    def _export_recipe(self, model, tokenizer, path, sequence_length, recipe, max_checked):
+        """Writes and validates one quantized TFLite file; returns its numbers."""
+        from kbert import serving
+        from kbert.serving import validate
+
+        data = None
+        if serving.TFLITE_RECIPES[recipe].needs_representative_data:
+            texts = [column[:CALIBRATION_EXAMPLES] for column in self.train.texts]
+            preprocessor = BertTextPreprocessor(tokenizer, sequence_length)
+            data = {k: v.numpy() for k, v in preprocessor(
+                tuple(texts) if len(texts) == 2 else texts[0]).items()}
+        serving.export_classifier_tflite(model, path, sequence_length, recipe=recipe,
+                                         representative_data=data)
+        checked = validate.validate_tflite(path, model, tokenizer, self.eval.texts[0][:max_checked])
+        if not checked.passed:
+            raise serving.ExportVerificationError(
+                f"TFLite file {path} ({recipe}): {'; '.join(checked.problems)}")
+        return {"max_abs_diff": checked.max_abs_diff, "cosine": checked.cosine,
+                "label_agreement": checked.label_agreement}
