@@ -105,8 +105,68 @@ def _keras_outputs(kind, model, ids):
     return {k: v.numpy() for k, v in out.items()}
 
 
+# --- TF Serving warmup files ---------------------------------------------------------------
+
+
+def _text_reference(kind, model, tokenizer, inputs):
+    """The Keras model on a text request, through the same in-graph text pipeline, eagerly."""
+    from kbert.serving.classifier_export import _head_outputs
+    from kbert.serving.question_answering_export import answer_questions
+    from kbert.serving.tagger_export import tag_words
+    from kbert.text import BertWordPacker
+
+    texts = [tf.constant(inputs[name]) for name in TEXT_INPUTS[kind]]
+    pieces = sum(tokenizer(t).row_lengths().numpy() for t in texts)
+    counts = {"num_wordpieces": pieces, "truncated": pieces > LENGTH - len(texts) - 1}
+    if kind == "tagger":
+        return tag_words(model, BertWordPacker(tokenizer, LENGTH), tf.constant(TAGS),
+                         tf.strings.split(inputs["text"]))
+    if kind == "question_answering":
+        return answer_questions(model, tokenizer, tf.constant(inputs["question"]),
+                                tf.constant(inputs["context"]), LENGTH, 8, 5)
+    features = BertTextPreprocessor(tokenizer, LENGTH)(tuple(texts) if len(texts) == 2 else texts[0])
+    outputs = _head_outputs(model, features, regression=False)
+    label_id = np.argmax(outputs["probabilities"], axis=-1)
+    return {**outputs, **counts, "label_id": label_id,
+            "label": np.array(["neg", "pos"])[label_id]}
+
+
+def _decoded(array):
+    """An object array of UTF-8 bytes (tf.string) as str."""
+    return np.vectorize(lambda b: b.decode("utf-8"), otypes=[str])(array)
+
+
+def _check_warmup_replies(kind, model, tokenizer, warmup, replies):
+    """Each warmup request's reply (from the fresh process) against the Keras model."""
+    assert [signature for signature, _ in warmup] == [
+        "serving_default", "serving_token_ids", "serving_token_ids_int64"]
+    for (signature, inputs), reply in zip(warmup, replies):
+        outputs = reply["outputs"]
+        if signature == "serving_default":
+            expected = _text_reference(kind, model, tokenizer, inputs)
+            assert sorted(expected) == sorted(outputs), kind
+        else:
+            assert inputs["token_ids"].dtype == (
+                np.int64 if signature.endswith("int64") else np.int32)
+            assert inputs["token_ids"].shape == (2, LENGTH)
+            expected = _keras_outputs(kind, model, {k: v.astype("int32") for k, v in inputs.items()})
+        for name, value in expected.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "fc":
+                np.testing.assert_allclose(outputs[name], value, atol=1e-4,
+                                           err_msg=f"{kind} {signature} {name}")
+            else:
+                value = _decoded(value) if value.dtype == object else value
+                np.testing.assert_array_equal(outputs[name], value,
+                                              err_msg=f"{kind} {signature} {name}")
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_bad_requests_refused_naming_the_input_in_fresh_process(exports, kind):
+def test_bad_requests_refused_naming_the_input_in_fresh_process(exports, tokenizer, kind):
+    """Also: the TF Serving warmup file parses as PredictionLogs, covers every signature, and
+    each of its requests runs in the same fresh process with the Keras outputs."""
+    from kbert.serving.warmup import read_warmup_requests, signature_inputs
+
     model, path = exports[kind]
     names = TEXT_INPUTS[kind]
     good_text = {name: GOOD_TEXT[name] for name in names}
@@ -130,7 +190,15 @@ def test_bad_requests_refused_naming_the_input_in_fresh_process(exports, kind):
     # 40 pieces in each text input of row 0: more than the 32 - 3 a packed row has room for.
     requests.append({"signature": "serving_default",
                      "inputs": {name: ["the cat " * 20, "the cat"] for name in names}})
-    results = requests_in_fresh_process(path, requests)
+    warmup = read_warmup_requests(path)
+    assert {signature for signature, _ in warmup} == set(signature_inputs(path))
+    results = requests_in_fresh_process(path, [
+        {"signature": signature,
+         "inputs": {k: _decoded(v) if v.dtype == object else v for k, v in inputs.items()},
+         "dtypes": {k: str(v.dtype) for k, v in inputs.items() if v.dtype != object}}
+        for signature, inputs in warmup] + requests)
+    _check_warmup_replies(kind, model, tokenizer, warmup, results[:len(warmup)])
+    results = results[len(warmup):]
     assert "outputs" in results[0], results[0]
     assert len(next(iter(results[0]["outputs"].values()))) == 2  # a row for the empty string too
     assert results[0]["outputs"]["truncated"].tolist() == [False, False]
@@ -222,85 +290,3 @@ def test_classifier_export_refuses_repeated_labels(exports, tokenizer, tmp_path)
         export_classifier_saved_model(model, tokenizer, str(tmp_path / "m"), ["a", "a"],
                                       sequence_length=LENGTH)
     assert not (tmp_path / "m").exists()
-
-
-# --- TF Serving warmup files ---------------------------------------------------------------
-
-
-def _text_reference(kind, model, tokenizer, inputs):
-    """The Keras model on a text request, through the same in-graph text pipeline, eagerly."""
-    from kbert.serving.classifier_export import _head_outputs
-    from kbert.serving.question_answering_export import answer_questions
-    from kbert.serving.saved_model import text_packer, text_to_inputs
-    from kbert.serving.tagger_export import tag_words
-    from kbert.text import BertWordPacker
-
-    texts = [tf.constant(inputs[name]) for name in TEXT_INPUTS.get(kind, ("text",))]
-    pieces = sum(tokenizer(t).row_lengths().numpy() for t in texts)
-    counts = {"num_wordpieces": pieces, "truncated": pieces > LENGTH - len(texts) - 1}
-    if kind == "embedder":
-        features, _ = text_to_inputs(tokenizer, text_packer(tokenizer, LENGTH), inputs["text"])
-        return {"embeddings": model(features), **counts}
-    if kind == "tagger":
-        return tag_words(model, BertWordPacker(tokenizer, LENGTH), tf.constant(TAGS),
-                         tf.strings.split(inputs["text"]))
-    if kind == "question_answering":
-        return answer_questions(model, tokenizer, tf.constant(inputs["question"]),
-                                tf.constant(inputs["context"]), LENGTH, 8, 5)
-    features = BertTextPreprocessor(tokenizer, LENGTH)(tuple(texts) if len(texts) == 2 else texts[0])
-    outputs = _head_outputs(model, features, regression=False)
-    label_id = np.argmax(outputs["probabilities"], axis=-1)
-    return {**outputs, **counts, "label_id": label_id,
-            "label": np.array([b"neg", b"pos"], object)[label_id]}
-
-
-def test_warmup_files_replay_in_fresh_process(exports, tokenizer, tmp_path):
-    """Every SavedModel's warmup file parses as PredictionLogs, covers every signature, and each
-    request runs where only the folder is (as TF Serving replays it) with the Keras outputs."""
-    from kbert.models import BertTextEmbedder
-    from kbert.serving.embedder_export import export_embedder_saved_model
-    from kbert.serving.warmup import (
-        read_warmup_requests,
-        run_warmup_requests_in_fresh_process,
-        signature_inputs,
-    )
-
-    embedder = BertTextEmbedder(exports["classifier"][0].encoder)
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    models = dict(exports, embedder=(embedder, export_embedder_saved_model(
-        embedder, tokenizer, str(vocab), str(tmp_path / "embedder"), sequence_length=LENGTH)))
-    kinds = list(models)
-    for kind in kinds:
-        path = models[kind][1]
-        requests = read_warmup_requests(path)
-        assert {s for s, _ in requests} == set(signature_inputs(path)), kind
-    replies = run_warmup_requests_in_fresh_process([models[kind][1] for kind in kinds])
-    assert [len(replayed) for replayed in replies] == [3, 3, 3, 3, 4]  # text, int32, int64 (+ pieces)
-    for kind, replayed in zip(kinds, replies):
-        model = models[kind][0]
-        for signature, inputs, outputs in replayed:
-            if signature == "serving_wordpieces":  # the embedder's: what the model saw
-                expected = _text_reference(kind, model, tokenizer, inputs)
-                features = BertTextPreprocessor(tokenizer, LENGTH)(inputs["text"])
-                expected = {"token_ids": features["token_ids"], "truncated": expected["truncated"],
-                            "wordpieces": np.array(VOCAB, object)[features["token_ids"]].astype(bytes)}
-            elif signature == "serving_default":
-                expected = _text_reference(kind, model, tokenizer, inputs)
-                assert sorted(expected) == sorted(outputs), kind
-            elif kind == "embedder":
-                expected = {"embeddings": model({k: v.astype("int32") for k, v in inputs.items()})}
-            else:
-                ids = {k: v.astype("int32") for k, v in inputs.items()}
-                expected = _keras_outputs(kind, model, ids)
-                assert inputs["token_ids"].dtype == (
-                    np.int64 if signature.endswith("int64") else np.int32)
-                assert inputs["token_ids"].shape == (2, LENGTH)
-            for name, value in expected.items():
-                value = np.asarray(value)
-                if value.dtype.kind in "fc":
-                    np.testing.assert_allclose(outputs[name], value, atol=1e-4,
-                                               err_msg=f"{kind} {signature} {name}")
-                else:
-                    np.testing.assert_array_equal(outputs[name], value,
-                                                  err_msg=f"{kind} {signature} {name}")

@@ -257,6 +257,23 @@ def test_saved_model_other_signatures_and_bad_requests(exported, embedder, token
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match=r"`text` must be a batch of strings of shape \(batch_size,\)"):
             loaded.signatures["serving_default"](text=bad)
+    # The TF Serving warmup file: a request for every signature, each with the Keras outputs.
+    from kbert.serving.warmup import read_warmup_requests
+
+    warmup = read_warmup_requests(exported)
+    assert sorted(signature for signature, _ in warmup) == sorted(loaded.signatures)
+    for signature, inputs in warmup:
+        out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        if "text" in inputs:
+            texts = [t.decode() for t in inputs["text"]]
+            ids = _features(tokenizer, texts, 64, padding="max_length")
+            assert out["truncated"].numpy().tolist() == [False] * len(texts)
+        else:
+            ids = {k: v.astype("int32") for k, v in inputs.items()}
+        if signature == "serving_wordpieces":
+            np.testing.assert_array_equal(out["token_ids"], ids["token_ids"])
+        else:
+            np.testing.assert_allclose(out["embeddings"], embedder(ids), atol=ATOL)
 
 
 def test_export_refuses_bad_targets_and_verify_catches_a_mismatch(
