@@ -135,10 +135,11 @@ def test_load_masked_lm_without_a_head(pretrainer, tmp_path):
 def _keras_outputs(signature, inputs, pretrainer, tokenizer):
     """What the Keras models give for one request: the reference of every signature."""
     encoder = pretrainer.encoder
+    if "text" in inputs:  # (an empty batch too)
+        text = tf.constant(np.asarray(inputs["text"]).tolist(), tf.string, [len(inputs["text"])])
     if signature == FILL_MASK_SIGNATURE:
-        return fill_mask(pretrainer, tokenizer, tf.constant(inputs["text"]), TOP_K, LENGTH)
+        return fill_mask(pretrainer, tokenizer, text, TOP_K, LENGTH)
     if "text" in inputs:
-        text = tf.constant(inputs["text"])
         features = _packed(tokenizer, text, LENGTH)
         counts = tokenizer(text).row_lengths().numpy()
         expected = {"num_wordpieces": counts, "truncated": counts > LENGTH - 2}
@@ -268,6 +269,8 @@ def replies(saved_model):
     named.update({
         "fill_mask": (FILL_MASK_SIGNATURE, {"text": np.array(RAW, dtype=object)}),
         "fill_mask batch 1": (FILL_MASK_SIGNATURE, {"text": ["[MASK]"]}),
+        "fill_mask batch 0": (FILL_MASK_SIGNATURE, {"text": np.array([], object)}),
+        "text batch 0": ("serving_default", {"text": np.array([], object)}),
         "fill_mask batch 256": (FILL_MASK_SIGNATURE, {
             "text": np.array([RAW[i % len(RAW)] for i in range(256)], dtype=object)}),
         "text": ("serving_default", {"text": np.array(RAW, dtype=object)}),
@@ -306,7 +309,8 @@ def test_warmup_file_covers_every_signature_and_each_request_runs(saved_model, r
 
 
 def test_fill_mask_and_truncation_in_fresh_process(replies, pretrainer, uncased_tokenizer):
-    for name in ("fill_mask", "fill_mask batch 1", "fill_mask batch 256", "text", "wordpieces"):
+    for name in ("fill_mask", "fill_mask batch 1", "fill_mask batch 256", "fill_mask batch 0",
+                 "text", "text batch 0", "wordpieces"):
         _check_against_keras(name, *replies[name], pretrainer, uncased_tokenizer)
     filled = replies["fill_mask"][1]
     assert filled["num_masks"].tolist() == [1, 3, 0, 0, 0, 1, 1]
@@ -317,6 +321,7 @@ def test_fill_mask_and_truncation_in_fresh_process(replies, pretrainer, uncased_
     assert (filled["top_probabilities"][2] == 0).all() and (filled["top_token_ids"][2] == -1).all()
     assert replies["text"][1]["truncated"].tolist() == [False] * 4 + [True, True, False]
     assert replies["fill_mask batch 256"][1]["top_tokens"].shape == (256, 3, TOP_K)
+    assert replies["fill_mask batch 0"][1]["top_tokens"].shape == (0, 0, TOP_K)
 
 
 def test_documented_rest_and_grpc_requests_match_the_signatures(replies, pretrainer,

@@ -10,6 +10,8 @@ served as the SavedModel signature `serving_fill_mask`, in the graph:
     them, so `[MASK]` is never split into `[`, `mask`, `]` and is never
     lower-cased (HuggingFace `BertTokenizerFast` gives the same ids). The
     ids are packed as `[CLS] text [SEP]` to the export's `sequence_length`.
+    Any batch size works (0 and 256 too); an empty string or invalid UTF-8
+    (its bytes become `[UNK]`) is an ordinary row.
   * outputs, where `M` is the largest number of masks of a row in the
     batch (0 when no row has one) and `k` is `top_k`, fixed at export:
       - `mask_positions` int32 `(B, M)`: the index of each mask in the
@@ -113,7 +115,12 @@ def fill_mask_outputs(pretrainer, tokenizer, packer, text, top_k):
     positions = positions.to_tensor(default_value=-1)  # (B, M)
     real = positions >= 0
     sequence_output = pretrainer.encoder(features, training=False)["sequence_output"]
-    logits = pretrainer.masked_lm_head(sequence_output, tf.maximum(positions, 0))  # (B, M, V)
+    # The head gathers with Keras' take_along_axis, which fails on an empty batch: one padding
+    # row goes in, and its logits are dropped.
+    logits = pretrainer.masked_lm_head(
+        tf.pad(sequence_output, [[0, 1], [0, 0], [0, 0]]),
+        tf.pad(tf.maximum(positions, 0), [[0, 1], [0, 0]]),
+    )[:-1]  # (B, M, V)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     best = tf.math.top_k(probabilities, k=top_k)
     return {
