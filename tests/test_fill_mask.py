@@ -126,6 +126,15 @@ def test_fill_mask_matches_transformers_bert_for_masked_lm(pretrainer, uncased_t
     assert reloaded.encoder is encoder
 
 
+def test_saved_model_stores_the_encoder_and_head_once(saved_model, pretrainer):
+    from tests.saved_model_requests import stored_tensors
+
+    shapes = sorted(tuple(shape) for shape in stored_tensors(saved_model).values())
+    # Every weight but the next-sentence head's (no signature uses it), each once.
+    nsp = {id(w) for w in pretrainer.next_sentence_head.weights}
+    assert shapes == sorted(tuple(w.shape) for w in pretrainer.weights if id(w) not in nsp)
+
+
 def test_load_masked_lm_without_a_head(pretrainer, tmp_path):
     checkpoints.save(pretrainer.encoder, str(tmp_path / "encoder"))
     encoder, head = load_masked_lm(str(tmp_path / "encoder"))

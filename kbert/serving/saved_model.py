@@ -432,7 +432,7 @@ def text_model_archive(model, tokenizer, vocab_path, sequence_length, serve,
                 **truncation_outputs(num_wordpieces, sequence_length)}
 
     text_spec = text_input_specs("text")
-    archive = new_export_archive(model, vocabulary, *([pretrainer] if pretrainer else []))
+    archive = new_export_archive(model, vocabulary)
     archive.add_endpoint(TEXT_SIGNATURE, serve_text, input_signature=text_spec)
     add_token_ids_endpoints(archive, serve, encoder.bert_config)
     archive.add_endpoint(WORDPIECES_SIGNATURE, serve_wordpieces, input_signature=text_spec)
