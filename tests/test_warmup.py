@@ -1,7 +1,8 @@
 """TF Serving warmup files (`kbert.serving.warmup`): records that parse as `PredictionLog`s
 with the dtypes given, refused when they would leave a signature cold or fail in the server,
 and written inside the SavedModel before it is published. (Each exporter's file is replayed
-against the Keras model in tests/test_fill_mask.py and tests/test_task_exports.py.)"""
+against the Keras model in tests/test_fill_mask.py (encoder, fill-mask) and
+tests/test_task_exports.py (task models) in fresh processes, and in tests/test_text_embedder.py.)"""
 
 import os
 

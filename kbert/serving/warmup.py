@@ -12,14 +12,13 @@ A request that fails makes TF Serving refuse the whole version, so
 (input names and dtypes, read from `saved_model.pb`) and requires at least
 one request for every signature.
 
-`run_warmup_requests_in_fresh_process` replays the file the way TF Serving
-does (a process that has only the folder), for tests and verifiers.
+To replay a file as TF Serving does, read it with `read_warmup_requests` and
+run the requests with `kbert.serving.saved_model.run_requests_in_fresh_process`
+(a process that has only the folder); `python -m export.validate` does it for
+any export.
 """
 
 import os
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -211,68 +210,4 @@ def read_warmup_requests(path):
             {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()},
         ))
     return requests
-
-
-_REPLAY_SCRIPT = r"""
-import pickle
-import sys
-import tensorflow as tf
-import tensorflow_text  # registers the tokenizer ops the SavedModels use
-from tensorflow_serving.apis import prediction_log_pb2
-paths, out = sys.argv[1:-1], sys.argv[-1]
-results = []
-for path in paths:
-    loaded = tf.saved_model.load(path)
-    replies = []
-    records = tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_requests")
-    for record in records.as_numpy_iterator():
-        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-        signature = request.model_spec.signature_name
-        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-        outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
-        replies.append((signature, inputs, {k: v.numpy() for k, v in outputs.items()}))
-    results.append(replies)
-with open(out, "wb") as f:
-    pickle.dump(results, f)
-"""
-
-
-def run_warmup_requests_in_fresh_process(paths):
-    """Replays the warmup file of each SavedModel in one new Python process, as TF Serving would.
-
-    The process imports only TensorFlow, tensorflow-text (for the tokenizer
-    ops) and tensorflow-serving-api's protos (nothing of kbert); it loads each
-    folder with `tf.saved_model.load` and runs every request of its warmup
-    file on the signature it names.
-
-    Args:
-        paths: list of SavedModel folders (one process for all: one
-            TensorFlow start-up).
-
-    Returns:
-        list (one per path) of lists of `(signature, inputs, outputs)`: the
-        request's inputs and the signature's outputs as NumPy arrays (strings
-        as `bytes`).
-
-    Raises:
-        ExportVerificationError: the process failed (a missing file, a
-            request the signature refuses); its stderr is included.
-    """
-    import pickle
-
-    from kbert.serving.saved_model import ExportVerificationError
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "replies.pkl")
-        proc = subprocess.run(
-            [sys.executable, "-c", _REPLAY_SCRIPT, *map(str, paths), out],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode:
-            raise ExportVerificationError(
-                f"Replaying the warmup requests of {list(map(str, paths))} failed:\n"
-                f"{proc.stderr[-4000:]}"
-            )
-        with open(out, "rb") as f:
-            return pickle.load(f)  # written by the child process above
 
