@@ -92,7 +92,8 @@ def export_task(task, model, tokenizer, model_dir, sequence_length, tflite_recip
     """Exports `model` with `task.export` into `MODEL_DIR/export`, TensorFlow's logs in `export.log`.
 
     `tflite_recipes` (a list of `kbert.serving.TFLITE_RECIPES` names) is passed
-    on to tasks that write TFLite files (classification) when given.
+    on to `task.export` unless it is None or just `["float32"]` (what every
+    task writes anyway); only the classification task takes other recipes.
 
     Returns:
         dict from `task.export` (paths and verification reports).
@@ -108,7 +109,8 @@ def export_task(task, model, tokenizer, model_dir, sequence_length, tflite_recip
     log = os.path.join(export_dir, "export.log")
     try:
         with runs.stderr_to_file(log):
-            extra = {"tflite_recipes": tflite_recipes} if tflite_recipes else {}
+            wanted = tflite_recipes and list(tflite_recipes) != ["float32"]
+            extra = {"tflite_recipes": tflite_recipes} if wanted else {}
             return task.export(model, tokenizer, export_dir, sequence_length, **extra)
     except ExportVerificationError as e:
         raise ExportVerificationError(f"{e} (details in {log})") from e
