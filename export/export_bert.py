@@ -1,20 +1,24 @@
-r"""Exports a pretrained BERT encoder as a TF Serving SavedModel and a TFLite file.
+r"""Exports a pretrained BERT encoder for TF Serving and phones, validated before publishing.
 
 --checkpoint takes anything `kbert.checkpoints.load` reads: a run folder of
 `trainers.pretrain`, a HuggingFace folder (e.g. all-MiniLM-L6-v2), a Google or
 Model Garden checkpoint, or a kbert `.keras` file. The vocabulary and casing come
 from beside it (`vocab.txt`, `tokenizer_config.json`) unless given. Writes
-  OUTPUT_DIR/saved_model/bert/VERSION/   (TF Serving layout, text + id signatures, a
-                                         fill-mask signature when the checkpoint has a
-                                         masked-LM head, a TF Serving warmup file)
-  OUTPUT_DIR/bert_vVERSION.tflite        (id inputs, fixed sequence length)
-VERSION is one past the newest already there (nothing is overwritten). Checks each
-against the Keras model (the SavedModel in a fresh process) and prints a prediction
-from each, and the SavedModel's fill-mask answer for --fill_mask_texts.
+  OUTPUT_DIR/saved_model/bert/VERSION/   (TF Serving layout: text, id, wordpiece and,
+                                          with a masked-LM head, fill-mask signatures;
+                                          a warmup file for every signature)
+  OUTPUT_DIR/bert_vVERSION.tflite        (id inputs, fixed sequence length; float32)
+  OUTPUT_DIR/bert_vVERSION_RECIPE.tflite (the other --tflite_recipes)
+  OUTPUT_DIR/bert_text_vVERSION.tflite   (string input, tokenizer inside; --text_tflite)
+VERSION is one past the newest already there (nothing is overwritten). Every file is
+validated as `python -m export.validate` does (the SavedModel in a fresh process, the
+TFLite files in LiteRT) before any is published; prints a prediction from each and
+the validation table.
 
 Examples:
   python -m export.export_bert --checkpoint=runs/demo --output_dir=runs/demo/export
-  python -m export.export_bert --checkpoint=path/to/all-MiniLM-L6-v2 --output_dir=exports/minilm
+  python -m export.export_bert --checkpoint=path/to/all-MiniLM-L6-v2 --output_dir=exports/minilm \
+      --tflite_recipes=float32,dynamic_int8,int8_selective --representative_file=my_texts.txt
 """
 
 import os
@@ -32,7 +36,10 @@ flags.DEFINE_string("output_dir", None, "Where to write the artifacts.")
 flags.DEFINE_integer("sequence_length", 128, "Packed length of both exports.")
 flags.DEFINE_integer("version", None, "TF Serving model version (default: one past the newest in --output_dir).")
 flags.DEFINE_multi_string("texts", ["The quick brown fox jumps over the lazy dog.", "A function returns a value."], "Sample texts for the checks; repeat the flag for more (commas stay inside a text).")
-flags.DEFINE_float("atol", 1e-4, "Largest allowed abs difference from Keras.")
+flags.DEFINE_float("atol", None, "Largest allowed abs difference from Keras of the SavedModel and float32 files (default: the validator's, 1e-5 and 1e-4).")
+flags.DEFINE_list("tflite_recipes", ["float32"], "Id-input TFLite files to write: float32, float16, dynamic_int8, int8_selective (see BUILD.md).")
+flags.DEFINE_string("representative_file", None, "UTF-8 texts, one per line, calibrating int8_selective (a few hundred from your own data).")
+flags.DEFINE_bool("text_tflite", True, "Also write the string-input TFLite file (tokenizer inside; needs tensorflow-text's TFLite ops).")
 flags.DEFINE_string("config", None, "bert_config.json, for a checkpoint without one beside it.")
 flags.DEFINE_string("vocab_file", None, "vocab.txt (default: the one beside --checkpoint).")
 flags.DEFINE_bool("lowercase", None, "Tokenizer casing (default: tokenizer_config.json beside the vocabulary, else inferred from it).")
@@ -56,11 +63,19 @@ def main(argv):
     base = encoder_export.saved_model_base(FLAGS.output_dir)
     version = FLAGS.version if FLAGS.version is not None else next_version(base)
     try:
+        representative = None
+        if FLAGS.representative_file:
+            with open(FLAGS.representative_file, encoding="utf-8") as f:
+                representative = [line.rstrip("\n") for line in f if line.strip()]
+            if not representative:
+                raise ValueError(f"--representative_file={FLAGS.representative_file} holds no text.")
         result = encoder_export.export_encoder(
             FLAGS.checkpoint, FLAGS.output_dir, version, FLAGS.sequence_length, FLAGS.texts,
             FLAGS.atol, FLAGS.config, FLAGS.vocab_file, FLAGS.lowercase,
             log_path=os.path.join(FLAGS.output_dir, "export.log"),  # created after the checks
             top_k=FLAGS.top_k, fill_mask_texts=FLAGS.fill_mask_texts,
+            tflite_recipes=FLAGS.tflite_recipes, representative_texts=representative,
+            text_tflite=FLAGS.text_tflite,
         )
     except (OSError, ValueError, TypeError,
             checkpoints.CheckpointMismatchError, serving.ExportVerificationError) as e:
@@ -82,10 +97,13 @@ def main(argv):
             guesses = ", ".join(f"{str(token)!r} {p:.3g}" for token, p in zip(
                 filled["top_tokens"][i, m], filled["top_probabilities"][i, m]))
             print(f"  SavedModel serving_fill_mask for {sentence!r}, [MASK] {m + 1}: {guesses}")
-    for sentence, pooled in zip(FLAGS.texts, result["tflite_pooled"]):
-        print(f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)}")
-    print(f"TFLite: {result['tflite']} ({result['tflite_size'] / 1e6:.1f} MB, "
-          f"max abs diff vs Keras: {result['tflite_diff']:.2e})")
+    if result["tflite_pooled"] is not None:
+        for sentence, pooled in zip(FLAGS.texts, result["tflite_pooled"]):
+            print(f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)}")
+        print(f"TFLite: {result['tflite']} ({result['tflite_size'] / 1e6:.1f} MB, "
+              f"max abs diff vs Keras: {result['tflite_diff']:.2e})")
+    print("Validated (python -m export.validate runs the same checks):")
+    print(serving.format_report(result["reports"], FLAGS.output_dir))
 
 
 if __name__ == "__main__":

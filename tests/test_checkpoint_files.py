@@ -320,6 +320,11 @@ def test_export_encoder_publishes_nothing_unless_both_files_check_out(cased, tmp
         ({"sequence_length": 1000}, ValueError, r"sequence_length=1000 must be in \[3, "),
         ({"version": 0}, ValueError, "version=0 must be >= 1"),
         ({"vocab_file": str(tmp_path / "none.txt")}, FileNotFoundError, "none.txt does not exist"),
+        ({"tflite_recipes": ["float32", "int4"]}, ValueError, "recipe='int4' is not a TFLite recipe"),
+        ({"tflite_recipes": ["int8_selective"]}, ValueError, "needs representative_data"),
+        ({"tflite_recipes": ["float32", "float32"]}, ValueError, "must name each recipe once"),
+        ({"representative_texts": ["a b"]}, ValueError,
+         r"representative_texts calibrate \['int8_selective'\] only"),
     ]:
         with pytest.raises(error, match=message):
             encoder_export.export_encoder(str(source), str(out), **{"version": 1, "sequence_length": 16, **kwargs})

@@ -150,6 +150,11 @@ def test_export_program_end_to_end(tmp_path, uncased_vocab, wikitext_valid):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SavedModel pooled_output" in out.stdout and "TFLite pooled_output" in out.stdout
+    # Every published file passed the validator first: its table ends the output.
+    table = out.stdout[out.stdout.index("Validated"):]
+    for row in ("saved_model/bert/1  ", "bert_v1.tflite  ", "bert_text_v1.tflite  "):
+        line = next(line for line in table.splitlines() if line.startswith(row))
+        assert line.endswith(" ok"), table
     # The run folder has the masked-LM head: the SavedModel answers fill-mask requests.
     assert "SavedModel serving_fill_mask for 'The capital of France is [MASK].', [MASK] 1: '" \
         in out.stdout, out.stdout

@@ -1,24 +1,31 @@
-"""Exports any BERT checkpoint's encoder as a TF Serving SavedModel and a TFLite file, verified.
+"""Exports any BERT checkpoint's encoder for TF Serving and phones, validated before publishing.
 
 The library side of `export/export_bert.py`: what a user would otherwise
 stitch together from `kbert.checkpoints.load`, `load_tokenizer`,
-`export_saved_model`, `export_tflite` and their verifiers.
+`export_saved_model`, `export_tflite` (one file per recipe),
+`export_text_tflite` and `kbert.serving.validate`.
 """
 
 import os
 import shutil
 import tempfile
 
-import numpy as np
-import tensorflow as tf
-
 DEFAULT_TEXTS = ("The quick brown fox jumps over the lazy dog.", "A function returns a value.")
 DEFAULT_FILL_MASK_TEXTS = ("The capital of France is [MASK].",)
 
 
-def tflite_path(output_dir, version):
-    """Where `export_encoder` writes the TFLite file of `version`: `OUTPUT_DIR/bert_vVERSION.tflite`."""
-    return os.path.join(output_dir, f"bert_v{version}.tflite")
+def tflite_path(output_dir, version, recipe="float32"):
+    """Where `export_encoder` writes a TFLite file of `version`.
+
+    `OUTPUT_DIR/bert_vVERSION.tflite` for float32,
+    `OUTPUT_DIR/bert_vVERSION_RECIPE.tflite` for another recipe of
+    `kbert.serving.TFLITE_RECIPES`, and `OUTPUT_DIR/bert_text_vVERSION.tflite`
+    for the string-input file (`recipe="text"`).
+    """
+    if recipe == "text":
+        return os.path.join(output_dir, f"bert_text_v{version}.tflite")
+    suffix = "" if recipe == "float32" else f"_{recipe}"
+    return os.path.join(output_dir, f"bert_v{version}{suffix}.tflite")
 
 
 def saved_model_base(output_dir):
@@ -27,24 +34,28 @@ def saved_model_base(output_dir):
 
 
 def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=DEFAULT_TEXTS,
-                   atol=1e-4, config=None, vocab_file=None, lowercase=None, log_path=None,
-                   top_k=5, fill_mask_texts=DEFAULT_FILL_MASK_TEXTS):
-    """Exports the encoder of any checkpoint `kbert.checkpoints.load` reads, and checks both files.
+                   atol=None, config=None, vocab_file=None, lowercase=None, log_path=None,
+                   top_k=5, fill_mask_texts=DEFAULT_FILL_MASK_TEXTS, tflite_recipes=("float32",),
+                   representative_texts=None, text_tflite=True):
+    """Exports the encoder of any checkpoint `kbert.checkpoints.load` reads, validated.
 
-    Nothing is written before every input is checked, and both files are
-    written and checked in a hidden `OUTPUT_DIR/.export-partial-*` folder and
-    moved into place only when both agree with Keras, so a failed check or an
-    interrupted export never leaves a version behind.
+    Nothing is written before every input is checked, and every file is
+    written and validated in a hidden `OUTPUT_DIR/.export-partial-*` folder
+    and moved into place only when all agree with Keras, so a failed check or
+    an interrupted export never leaves a version behind.
 
     Writes `OUTPUT_DIR/saved_model/bert/VERSION/` (signatures of
     `export_saved_model`: text in, ids in, wordpieces, and `serving_fill_mask`
     when the checkpoint has a masked-LM head, see
     `kbert.serving.fill_mask.load_masked_lm`; a TF Serving warmup file with
-    `texts`) and `OUTPUT_DIR/bert_vVERSION.tflite` (int32 ids in, fixed
-    `(1, sequence_length)`). The SavedModel is checked in one fresh process
-    (the encoder on `texts`, fill-mask on `fill_mask_texts`) and the TFLite
-    file in the interpreter against the Keras models. Everything is exported
-    in float32 whatever dtype it was trained in.
+    `texts`), one id-input TFLite file per recipe of `tflite_recipes`
+    (`tflite_path`; int32 ids in, fixed `(1, sequence_length)`) and, with
+    `text_tflite`, the string-input file (`kbert.serving.export_text_tflite`).
+    Each is checked by `kbert.serving.validate` the way its consumer loads
+    it: the SavedModel in one fresh process (warmup requests replayed, the
+    encoder on `texts`, fill-mask on `fill_mask_texts`), the TFLite files in
+    the LiteRT interpreter, each by its recipe's rules. Everything is
+    exported in float32 whatever dtype it was trained in.
 
     Args:
         checkpoint: str, a HuggingFace folder, Google or Model Garden
@@ -54,7 +65,9 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
         sequence_length: int, packed length of the text signature and the
             TFLite inputs, at most `max_position_embeddings`.
         texts: sample strings for the checks.
-        atol: float, the largest allowed abs difference from Keras.
+        atol: optional float replacing the largest abs difference from Keras
+            the validator allows the SavedModel and float32 files (1e-5 and
+            1e-4, `kbert.serving.validate.TOLERANCES`).
         config: optional `bert_config.json` path, for checkpoints without one beside them.
         vocab_file: optional vocabulary (default: the checkpoint's,
             `kbert.checkpoints.tokenizer_files.find_vocabulary`).
@@ -63,20 +76,29 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
         log_path: optional file for the TFLite converter's C++ logging.
         top_k: int in `[1, vocab_size]`, predictions per mask of `serving_fill_mask`.
         fill_mask_texts: sample strings with `[MASK]` for the fill-mask check.
+        tflite_recipes: names of `kbert.serving.TFLITE_RECIPES`, one id-input
+            file each (at least "float32" or another recipe).
+        representative_texts: sample strings calibrating recipes that need
+            data (`int8_selective`); draw them from the data the model will see.
+        text_tflite: bool, also write the string-input TFLite file.
 
     Returns:
         dict: `saved_model` (path), `saved_model_diff` (float), `saved_model_pooled`
         (float32 `(len(texts), hidden_size)`), `fill_mask` (the SavedModel's
         `serving_fill_mask` outputs on `fill_mask_texts`, a dict of arrays, or
         None without a masked-LM head), `fill_mask_diff` (float or None),
-        `tflite` (path), `tflite_size` (bytes), `tflite_diff` (float, worst over
-        texts), `tflite_pooled`, `lowercase` and `lowercase_source` (where the
-        casing came from).
+        `tflite` (path of the float32 file, or of the first recipe's),
+        `tflite_size` (bytes), `tflite_diff` (float, worst over texts),
+        `tflite_pooled` (its pooled outputs on `texts`), `reports` (the
+        validator's `ArtifactReport` of every file, at its published path),
+        `lowercase` and `lowercase_source` (where the casing came from).
 
     Raises:
         FileNotFoundError, ValueError: unreadable checkpoint or vocabulary, a
             vocabulary of another size, `sequence_length` above the limit, a
-            bad `top_k`, no `fill_mask_texts` for a checkpoint with a head.
+            bad `top_k`, no `fill_mask_texts` for a checkpoint with a head,
+            an unknown or repeated recipe, `int8_selective` without
+            `representative_texts`.
         FileExistsError: a target exists (checked before anything is written).
         NotADirectoryError: `output_dir` is a file.
         ExportVerificationError: an export disagrees with Keras beyond `atol`.
@@ -104,11 +126,12 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
         )
     if version < 1:
         raise ValueError(f"version={version} must be >= 1.")
+    tflite_recipes = _check_recipes(tflite_recipes, representative_texts)
+    kinds = list(tflite_recipes) + (["text"] if text_tflite else [])
     saved_model_path = os.path.join(saved_model_base(output_dir), str(version))
-    lite_path = tflite_path(output_dir, version)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"output_dir={output_dir} is a file, not a folder.")
-    for target in (saved_model_path, lite_path):
+    for target in [saved_model_path] + [tflite_path(output_dir, version, k) for k in kinds]:
         if os.path.exists(target):
             raise FileExistsError(f"{target} exists; export another version or remove it.")
     tokenizer = text.BertTokenizer(vocab_path, lowercase=lowercase)
@@ -119,27 +142,51 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
     os.makedirs(output_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".export-partial-", dir=output_dir)
     try:
-        result = _export_and_check(pretrainer or encoder, tokenizer, vocab_path, stage, version,
-                                   sequence_length, list(texts), atol, log_path or os.devnull,
-                                   top_k, list(fill_mask_texts))
+        result = _export_and_check(
+            pretrainer or encoder, tokenizer, vocab_path, stage, version, sequence_length,
+            list(texts), atol, log_path or os.devnull, top_k, list(fill_mask_texts), kinds,
+            representative_texts)
         os.makedirs(saved_model_base(output_dir), exist_ok=True)
-        for staged, target in ((result["saved_model"], saved_model_path),
-                               (result["tflite"], lite_path)):
+        moves = [(result["saved_model"], saved_model_path)] + [
+            (tflite_path(stage, version, k), tflite_path(output_dir, version, k)) for k in kinds]
+        for staged, target in moves:
             if os.path.exists(target):
                 raise FileExistsError(f"{target} appeared while the export was written.")
+        for staged, target in moves:
             os.rename(staged, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    result.update({"saved_model": saved_model_path, "tflite": lite_path,
+    for report in result["reports"]:
+        report.path = report.path.replace(stage, output_dir, 1)
+        if report.path == os.path.join(output_dir, "saved_model", str(version)):
+            report.path = saved_model_path
+    result.update({"saved_model": saved_model_path,
+                   "tflite": tflite_path(output_dir, version, tflite_recipes[0]),
                    "lowercase": lowercase, "lowercase_source": source})
     return result
 
 
+def _check_recipes(tflite_recipes, representative_texts):
+    """Validates `export_encoder`'s recipes; returns them as a tuple."""
+    from kbert.serving.tflite_recipes import TFLITE_RECIPES, check_recipe
+
+    recipes = tuple(tflite_recipes)
+    if not recipes or len(set(recipes)) != len(recipes):
+        raise ValueError(f"tflite_recipes={list(recipes)} must name each recipe once, at least one.")
+    calibrating = sorted(r for r, spec in TFLITE_RECIPES.items() if spec.needs_representative_data)
+    for recipe in recipes:  # unknown names, and a calibrating recipe without texts
+        check_recipe(recipe, representative_texts or None if recipe in calibrating else None)
+    if representative_texts and not set(recipes) & set(calibrating):
+        raise ValueError(f"representative_texts calibrate {calibrating} only; tflite_recipes="
+                         f"{list(recipes)} names none.")
+    return recipes
+
+
 def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_length, texts,
-                      atol, log, top_k, fill_mask_texts):
-    """Writes both files under `folder` and checks them; returns `export_encoder`'s dict."""
+                      atol, log, top_k, fill_mask_texts, kinds, representative_texts):
+    """Writes every file under `folder` and validates it; returns `export_encoder`'s dict."""
     from kbert.models import BertPretrainer
-    from kbert.serving import fill_mask, saved_model, tflite
+    from kbert.serving import fill_mask, saved_model, tflite, tflite_text, validate
     from kbert.training.runs import stderr_to_file  # the converter logs from C++
 
     pretrainer = model if isinstance(model, BertPretrainer) else None
@@ -148,41 +195,54 @@ def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_le
         model, tokenizer, vocab_path, os.path.join(folder, "saved_model"), sequence_length,
         version, top_k=top_k, warmup_texts=texts)
     # One fresh process (as TF Serving loads the folder) for every check of the SavedModel.
-    requests = [(saved_model.TEXT_SIGNATURE, {"text": texts})]
-    if pretrainer is not None:
-        requests.append((fill_mask.FILL_MASK_SIGNATURE, {"text": fill_mask_texts}))
-    served = saved_model.run_requests_in_fresh_process(path, requests)
-    packer = saved_model.text_packer(tokenizer, sequence_length)
-    features, _ = saved_model.text_to_inputs(tokenizer, packer, tf.constant(texts))
-    expected = {k: np.asarray(v, np.float32)
-                for k, v in encoder(features, training=False).items()}
+    extra = [] if pretrainer is None else [
+        ("fill_mask", fill_mask.FILL_MASK_SIGNATURE, {"text": fill_mask_texts})]
+    reports = [validate.validate_saved_model(path, encoder, tokenizer, texts, extra_calls=extra,
+                                             max_abs_diff=atol)]
+    _raise_unless_passed(reports[-1])
+    served = reports[-1].outputs
     result = {
         "saved_model": path,
-        "saved_model_diff": saved_model.compare_outputs(
-            served[0], expected, features["padding_mask"], atol, f"SavedModel {path}"),
-        "saved_model_pooled": served[0]["pooled_output"],
-        "fill_mask": None,
+        "saved_model_diff": reports[-1].max_abs_diff,
+        "saved_model_pooled": served["text"]["pooled_output"],
+        "fill_mask": served.get("fill_mask"),
         "fill_mask_diff": None,
     }
     if pretrainer is not None:
         reference = fill_mask.fill_mask(pretrainer, tokenizer, fill_mask_texts, top_k,
                                         sequence_length)
         result["fill_mask_diff"] = fill_mask.compare_fill_mask(
-            served[1], reference, atol, f"SavedModel {path} ({fill_mask.FILL_MASK_SIGNATURE})")
-        result["fill_mask"] = served[1]
-    lite_path = tflite_path(folder, version)
-    with stderr_to_file(log):
-        tflite.export_tflite(encoder, lite_path, sequence_length, batch_size=1)
-    diffs, pooled = [], []
-    for sentence in texts:
-        features = {k: v.numpy() for k, v in packer(tokenizer(tf.constant([sentence]))).items()}
+            served["fill_mask"], reference, atol or 1e-4,
+            f"SavedModel {path} ({fill_mask.FILL_MASK_SIGNATURE})")
+    data = None
+    if representative_texts:
+        data = validate.pack_texts(tokenizer, list(representative_texts), sequence_length)
+    for kind in kinds:
+        lite_path = tflite_path(folder, version, kind)
         with stderr_to_file(log):
-            diffs.append(tflite.verify_tflite(lite_path, encoder, features, atol))
-            pooled.append(tflite.run_tflite(lite_path, features)["pooled_output"][0])
+            if kind == "text":
+                tflite_text.export_text_tflite(encoder, tokenizer, lite_path, sequence_length)
+                reports.append(validate.validate_text_tflite(lite_path, encoder, tokenizer, texts))
+            else:
+                tflite.export_tflite(
+                    encoder, lite_path, sequence_length, batch_size=1, recipe=kind,
+                    representative_data=data if kind == "int8_selective" else None)
+                reports.append(validate.validate_tflite(lite_path, encoder, tokenizer, texts,
+                                                        max_abs_diff=atol))
+        _raise_unless_passed(reports[-1])
+    first = reports[1] if len(reports) > 1 and kinds[0] != "text" else None
     result.update({
-        "tflite": lite_path,
-        "tflite_size": os.path.getsize(lite_path),
-        "tflite_diff": max(diffs),
-        "tflite_pooled": np.stack(pooled),
+        "reports": reports,
+        "tflite_size": os.path.getsize(tflite_path(folder, version, kinds[0])),
+        "tflite_diff": first.max_abs_diff if first else None,
+        "tflite_pooled": first.outputs["pooled_output"][:len(texts)] if first else None,
     })
     return result
+
+
+def _raise_unless_passed(report):
+    from kbert.serving.saved_model import ExportVerificationError
+
+    if not report.passed:
+        raise ExportVerificationError(
+            f"{report.kind} {report.path} failed validation: {'; '.join(report.problems)}.")

@@ -192,11 +192,21 @@ class ClassificationTask:
             preprocessor = BertTextPreprocessor(tokenizer, sequence_length)
             data = {k: v.numpy() for k, v in preprocessor(
                 tuple(texts) if len(texts) == 2 else texts[0]).items()}
-        serving.export_classifier_tflite(model, path, sequence_length, recipe=recipe,
-                                         representative_data=data)
-        checked = validate.validate_tflite(path, model, tokenizer, self.eval.texts[0][:max_checked])
-        if not checked.passed:
-            raise serving.ExportVerificationError(
-                f"TFLite file {path} ({recipe}): {'; '.join(checked.problems)}")
-        return {"max_abs_diff": checked.max_abs_diff, "cosine": checked.cosine,
-                "label_agreement": checked.label_agreement}
+        # Written and checked under a hidden name: a file that fails its check is never
+        # published.
+        staged = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".unchecked")
+        try:
+            serving.export_classifier_tflite(model, staged, sequence_length, recipe=recipe,
+                                             representative_data=data)
+            checked = validate.validate_tflite(staged, model, tokenizer,
+                                               self.eval.texts[0][:max_checked])
+            if not checked.passed:
+                raise serving.ExportVerificationError(
+                    f"TFLite file {path} ({recipe}): {'; '.join(checked.problems)}")
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} appeared while the export was written.")
+            os.rename(staged, path)
+        finally:
+            if os.path.exists(staged):
+                os.remove(staged)
+        return {"max_abs_diff": checked.max_abs_diff, "label_agreement": checked.label_agreement}
