@@ -61,8 +61,9 @@ def test_every_artifact_passes_with_real_numbers(export_dir, encoder, uncased_to
         assert 0 < report.max_abs_diff <= 1e-5  # float32 reorderings, never exactly 0
         assert report.cosine > 0.99999
         assert report.latency_ms > 0 and report.size_bytes > 1e6
+    assert reports[1].notes[0] == "latency of serving_default"
     assert re.fullmatch(r"\d+ warmup requests ran \(serving_default, serving_token_ids, "
-                        r"serving_token_ids_int64, serving_wordpieces\)", reports[1].notes[0])
+                        r"serving_token_ids_int64, serving_wordpieces\)", reports[1].notes[1])
     table = validate.format_report(reports, str(export_dir))
     assert "bert_v1.tflite" in table and "FAIL" not in table
 
