@@ -7,7 +7,8 @@ random weights), in one run:
     loaded with a fresh `tf.saved_model.load`, signature `serving_token_ids`;
     size of the version folder), and the TFLite file of every recipe in
     `kbert.serving.tflite_recipes.TFLITE_RECIPES` (`export_tflite`, run with
-    the stock `tf.lite.Interpreter` through its signature runner);
+    LiteRT's interpreter (`ai_edge_litert`) through its signature runner; the
+    string-input file with tensorflow-text's kernels);
   * batch-1 latency: median over `--runs` calls (after 3 untimed calls) on
     one packed SST-2 dev sentence of `--sequence_length` ids;
   * size and latency as a ratio to the float32 TFLite file;
@@ -86,9 +87,9 @@ def _rows_of(features, i):
 def _tflite_outputs(path, features, output):
     """`output` of a TFLite file, one row at a time, through its signature runner (inputs by name)."""
     import numpy as np
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path)
     signature = next(iter(interpreter.get_signature_list()))
     runner = interpreter.get_signature_runner(signature)
     rows = [runner(**_rows_of(features, i))[output] for i in range(len(next(iter(features.values()))))]
@@ -115,9 +116,11 @@ def _load_model(name):
 
 def _encoder_rows(name, recipes, work, dev_texts, calibration_texts):
     import keras
+    import numpy
     import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
-    from kbert.serving import export_saved_model, export_tflite
+    from kbert.serving import export_saved_model, export_tflite, tflite_text
     from kbert.text import BertTextPreprocessor
 
     encoder, tokenizer, vocab, weights = _load_model(name)
@@ -152,10 +155,23 @@ def _encoder_rows(name, recipes, work, dev_texts, calibration_texts):
         export_tflite(encoder, path, sequence_length=length, recipe=recipe,
                       representative_data=calibration if recipe == "int8_selective" else None)
         seconds = time.perf_counter() - start
-        runner = tf.lite.Interpreter(model_path=path).get_signature_runner("serving_token_ids")
+        runner = Interpreter(model_path=path).get_signature_runner("serving_token_ids")
         latency = _median_ms(lambda run=runner: run(**one), FLAGS.runs)
         cosine = _cosine(_tflite_outputs(path, dev, "pooled_output"), expected) if accuracy else None
         rows.append((f"TFLite {recipe}", _size(path), latency, cosine, seconds))
+
+    # The string-input file (tokenizer inside), run as a phone app would: LiteRT with
+    # tensorflow-text's kernels, a raw string in.
+    path = os.path.join(work, f"{name}_text.tflite")
+    start = time.perf_counter()
+    tflite_text.export_text_tflite(encoder, tokenizer, path, sequence_length=length)
+    seconds = time.perf_counter() - start
+    runner = tflite_text.text_tflite_interpreter(path).get_signature_runner()
+    first = numpy.array(dev_texts[:1], dtype=object)
+    latency = _median_ms(lambda: runner(text=first), FLAGS.runs)
+    cosine = (_cosine(tflite_text.run_text_tflite(path, dev_texts)["pooled_output"], expected)
+              if accuracy else None)
+    rows.append(("TFLite text-in float32", _size(path), latency, cosine, seconds))
     keras.backend.clear_session()
     return weights, rows
 
@@ -228,7 +244,7 @@ def main(argv):
 
     print(f"\nBatch-1 latency (median of {FLAGS.runs}) and size, sequence length "
           f"{FLAGS.sequence_length}; CPU: {_cpu()}; load average "
-          f"{os.getloadavg()[0]:.1f}; TensorFlow {tf.__version__}, tf.lite.Interpreter "
+          f"{os.getloadavg()[0]:.1f}; TensorFlow {tf.__version__}, LiteRT interpreter "
           "(default threads, XNNPack)")
     print(f"Accuracy: pooled-output cosine vs Keras over {len(dev_rows)} SST-2 dev sentences "
           f"(mean / min); int8_selective calibrated on {len(calibration_texts)} SST-2 train "
