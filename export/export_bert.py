@@ -65,10 +65,10 @@ def main(argv):
     try:
         representative = None
         if FLAGS.representative_file:
-            with open(FLAGS.representative_file, encoding="utf-8") as f:
-                representative = [line.rstrip("\n") for line in f if line.strip()]
-            if not representative:
-                raise ValueError(f"--representative_file={FLAGS.representative_file} holds no text.")
+            representative = runs.read_text_lines(FLAGS.representative_file, "--representative_file")
+        elif "int8_selective" in FLAGS.tflite_recipes:
+            raise ValueError("--tflite_recipes=int8_selective calibrates on your data: give "
+                             "--representative_file (a few hundred texts, one per line).")
         result = encoder_export.export_encoder(
             FLAGS.checkpoint, FLAGS.output_dir, version, FLAGS.sequence_length, FLAGS.texts,
             FLAGS.atol, FLAGS.config, FLAGS.vocab_file, FLAGS.lowercase,
@@ -100,7 +100,7 @@ def main(argv):
     if result["tflite_pooled"] is not None:
         for sentence, pooled in zip(FLAGS.texts, result["tflite_pooled"]):
             print(f"  TFLite pooled_output[:4] for {sentence!r}: {_head(pooled)}")
-        print(f"TFLite: {result['tflite']} ({result['tflite_size'] / 1e6:.1f} MB, "
+        print(f"TFLite: {result['tflite']} ({result['tflite_size'] / 2**20:.1f} MiB, "
               f"max abs diff vs Keras: {result['tflite_diff']:.2e})")
     print("Validated (python -m export.validate runs the same checks):")
     print(serving.format_report(result["reports"], FLAGS.output_dir))

@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "The Keras model or checkpoint the export came from (default: found beside PATH).")
 flags.DEFINE_multi_string("texts", None, "Sample texts (repeatable; default: kbert.serving.validate.SAMPLE_TEXTS).")
 flags.DEFINE_string("texts_file", None, "A UTF-8 file of sample texts, one per line (e.g. your own data).")
-flags.DEFINE_integer("runs", 20, "Timed batch-1 calls per artifact (at least 20).")
+flags.DEFINE_integer("runs", 20, "Timed batch-1 calls per artifact.", lower_bound=20)
 
 
 def main(argv):
@@ -45,8 +45,7 @@ def main(argv):
     texts = list(FLAGS.texts or [])
     try:
         if FLAGS.texts_file:
-            with open(FLAGS.texts_file, encoding="utf-8") as f:
-                texts += [line.rstrip("\n") for line in f if line.strip()]
+            texts += runs.read_text_lines(FLAGS.texts_file, "--texts_file")
         # The TFLite runtime announces its delegate from C++ on stderr; keep that
         # out of the table unless --verbosity asks for it.
         quiet = runs.stderr_to_file(os.devnull) if not FLAGS["verbosity"].present else nullcontext()

@@ -321,7 +321,7 @@ def test_export_encoder_publishes_nothing_unless_both_files_check_out(cased, tmp
         ({"version": 0}, ValueError, "version=0 must be >= 1"),
         ({"vocab_file": str(tmp_path / "none.txt")}, FileNotFoundError, "none.txt does not exist"),
         ({"tflite_recipes": ["float32", "int4"]}, ValueError, "recipe='int4' is not a TFLite recipe"),
-        ({"tflite_recipes": ["int8_selective"]}, ValueError, "needs representative_data"),
+        ({"tflite_recipes": ["int8_selective"]}, ValueError, "give representative_texts"),
         ({"tflite_recipes": ["float32", "float32"]}, ValueError, "must name each recipe once"),
         ({"representative_texts": ["a b"]}, ValueError,
          r"representative_texts calibrate \['int8_selective'\] only"),

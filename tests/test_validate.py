@@ -10,7 +10,12 @@ import pytest
 import tensorflow as tf
 
 from kbert.models import BertEncoder
-from kbert.serving import export_saved_model, export_tflite, validate
+from kbert.serving import (
+    export_classifier_tflite,
+    export_saved_model,
+    export_tflite,
+    validate,
+)
 from kbert.serving.tflite import convert_to_tflite
 from tests.conftest import REPO
 from tests.numpy_bert import randomize
@@ -92,7 +97,9 @@ def test_program_catches_a_swapped_input_binding(export_dir, encoder, uncased_vo
     assert out.returncode == 1, out.stdout + out.stderr[-2000:]
     rows = {line.split()[0]: line for line in out.stdout.splitlines() if ".tflite " in line}
     assert rows["bert_v1.tflite"].endswith(" ok") and rows["swapped.tflite"].endswith("FAIL")
-    assert "FAIL " + str(exports / "swapped.tflite") + ": max abs difference" in out.stdout
+    # Its `segment_ids` input reads the token table: caught before it is even run.
+    assert ("FAIL " + str(exports / "swapped.tflite") + ": its `segment_ids` table has 30522 rows; "
+            "the Keras model's segment types has 2") in out.stdout
     assert "1 of 2 artifacts passed." in out.stdout
 
 
@@ -128,7 +135,7 @@ def test_a_mediapipe_file_runs_in_mediapipe_too(encoder, uncased_tokenizer, unca
     from kbert.models import BertClassifier
     from kbert.serving import task_library
 
-    model = BertClassifier(encoder, 3)
+    model = BertClassifier(BertEncoder.from_config(encoder.get_config()), 3)  # the fixture stays
     randomize(model, seed=7, scale=0.3)
     path = str(tmp_path / "classifier.tflite")
     task_library.export_task_classifier(model, uncased_vocab, ["neg", "neu", "pos"], path, 16)
@@ -151,3 +158,31 @@ def test_a_string_input_file_runs_with_the_tf_text_kernels(encoder, uncased_toke
     assert report.kind == "TFLite text-in encoder" and report.passed, report.problems
     assert report.max_abs_diff <= 1e-4 and report.cosine > 0.9999
     assert "FastWordpieceTokenizeWithOffsets" in " ".join(report.notes)
+
+
+def test_foreign_and_damaged_files_fail_on_their_own_row(export_dir, encoder, uncased_tokenizer,
+                                                          tmp_path):
+    """Another model's file, a classifier checked against an encoder and a truncated file each
+    get a FAIL row naming why; the good file beside them still passes."""
+    from kbert.models import BertClassifier
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copyfile(export_dir / "bert_v1.tflite", folder / "a_good.tflite")
+    data = (export_dir / "bert_v1.tflite").read_bytes()
+    (folder / "b_truncated.tflite").write_bytes(data[: len(data) // 3])
+    small = BertEncoder(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    export_tflite(small, str(folder / "c_other_vocab.tflite"), sequence_length=8)
+    classifier = BertClassifier(encoder, 2)
+    export_classifier_tflite(classifier, str(folder / "d_classifier.tflite"), sequence_length=8)
+    reports = validate.validate_export(str(folder), encoder, uncased_tokenizer)
+    by_name = {os.path.basename(r.path): r for r in reports}
+    assert by_name["a_good.tflite"].passed
+    assert by_name["b_truncated.tflite"].problems[0].startswith("could not be run: ")
+    assert by_name["c_other_vocab.tflite"].problems == [
+        ("its `token_ids` table has 100 rows; the Keras model's vocabulary has 30522 (the export "
+        "of another model?)")]
+    assert by_name["d_classifier.tflite"].problems[0].startswith(
+        "no output could be compared with the Keras model")
+    assert [r.passed for r in reports] == [True, False, False, False]

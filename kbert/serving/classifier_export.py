@@ -54,6 +54,7 @@ from kbert.serving.tflite import (
     check_tflite_inputs,
     check_tflite_target,
     convert_to_tflite,
+    litert_interpreter,
 )
 from kbert.text.bert_text_preprocessor import BertTextPreprocessor
 
@@ -200,7 +201,7 @@ def run_classifier_tflite(path, features):
             see `check_tflite_inputs`), or a missing input.
         TypeError: non-integer ids.
     """
-    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter = litert_interpreter(model_path=path)
     runner = interpreter.get_signature_runner(TFLITE_SIGNATURE)
     arrays = check_tflite_inputs(
         path, runner.get_input_details(), features, TFLITE_INPUT_NAMES, any_batch=True

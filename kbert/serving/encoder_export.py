@@ -12,6 +12,8 @@ import tempfile
 
 DEFAULT_TEXTS = ("The quick brown fox jumps over the lazy dog.", "A function returns a value.")
 DEFAULT_FILL_MASK_TEXTS = ("The capital of France is [MASK].",)
+# Representative texts a quantized file is also validated on (beside `texts`).
+QUANTIZED_CHECK_TEXTS = 64
 
 
 def tflite_path(output_dir, version, recipe="float32"):
@@ -80,6 +82,8 @@ def export_encoder(checkpoint, output_dir, version, sequence_length=128, texts=D
             file each (at least "float32" or another recipe).
         representative_texts: sample strings calibrating recipes that need
             data (`int8_selective`); draw them from the data the model will see.
+            Quantized files are also validated on the first
+            `QUANTIZED_CHECK_TEXTS` of them.
         text_tflite: bool, also write the string-input TFLite file.
 
     Returns:
@@ -175,7 +179,11 @@ def _check_recipes(tflite_recipes, representative_texts):
         raise ValueError(f"tflite_recipes={list(recipes)} must name each recipe once, at least one.")
     calibrating = sorted(r for r, spec in TFLITE_RECIPES.items() if spec.needs_representative_data)
     for recipe in recipes:  # unknown names, and a calibrating recipe without texts
-        check_recipe(recipe, representative_texts or None if recipe in calibrating else None)
+        if recipe not in TFLITE_RECIPES:
+            check_recipe(recipe)  # raises, listing the recipes
+        if recipe in calibrating and not representative_texts:
+            raise ValueError(f"recipe {recipe!r} calibrates activation ranges on your data: give "
+                             "representative_texts (a few hundred texts the model will see).")
     if representative_texts and not set(recipes) & set(calibrating):
         raise ValueError(f"representative_texts calibrate {calibrating} only; tflite_recipes="
                          f"{list(recipes)} names none.")
@@ -227,8 +235,12 @@ def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_le
                 tflite.export_tflite(
                     encoder, lite_path, sequence_length, batch_size=1, recipe=kind,
                     representative_data=data if kind == "int8_selective" else None)
-                reports.append(validate.validate_tflite(lite_path, encoder, tokenizer, texts,
-                                                        max_abs_diff=atol))
+                # A quantized file is judged on statistics (cosine, labels): also on up to
+                # QUANTIZED_CHECK_TEXTS of the user's own texts when there are some.
+                extra = list(representative_texts or [])[:QUANTIZED_CHECK_TEXTS]
+                reports.append(validate.validate_tflite(
+                    lite_path, encoder, tokenizer, texts + (extra if kind != "float32" else []),
+                    max_abs_diff=atol))
         _raise_unless_passed(reports[-1])
     first = reports[1] if len(reports) > 1 and kinds[0] != "text" else None
     result.update({

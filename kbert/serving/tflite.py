@@ -24,6 +24,13 @@ from kbert.serving.tflite_recipes import (
 SIGNATURE = "serving_token_ids"
 
 
+def litert_interpreter(model_path=None, model_content=None):
+    """A LiteRT interpreter (`ai_edge_litert`, TFLite's runtime; `tf.lite.Interpreter` is deprecated)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=model_path, model_content=model_content)
+
+
 def export_tflite(encoder, path, sequence_length=128, batch_size=1, recipe="float32",
                   representative_data=None):
     """Converts `encoder` to a TFLite flatbuffer with fixed-shape int32 inputs.
@@ -172,7 +179,7 @@ def id_table_sizes(path):
         table (empty when the file's ops cannot be read).
     """
     try:
-        interpreter = tf.lite.Interpreter(model_path=path)
+        interpreter = litert_interpreter(model_path=path)
         ops = interpreter._get_ops_details()
         shapes = {t["index"]: tuple(t["shape"]) for t in interpreter.get_tensor_details()}
         inputs = [detail["index"] for detail in interpreter.get_input_details()]
@@ -303,7 +310,7 @@ def run_tflite(path, features):
             a missing input.
         TypeError: non-integer ids.
     """
-    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter = litert_interpreter(model_path=path)
     runner = interpreter.get_signature_runner(SIGNATURE)
     names = {name: name for name in INPUT_NAMES}
     return runner(**check_tflite_inputs(path, runner.get_input_details(), features, names))

@@ -276,7 +276,9 @@ def convert_saved_model(saved_model_dir, signature, recipe, dataset=None,
 
 def _fully_connected_outputs(flatbuffer, input_widths):
     """Output tensor names of the FULLY_CONNECTED ops whose weights read `input_widths` features."""
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     names = []
     for op in interpreter._get_ops_details():

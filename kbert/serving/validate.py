@@ -247,13 +247,15 @@ def compare_arrays(actual, expected, padding_mask):
 
     Returns:
         (max_abs_diff, cosine or None, label_agreement or None); NaN
-        anywhere gives an infinite difference.
+        anywhere gives an infinite difference, and no output in common
+        (an export of another kind of model) a max_abs_diff of None.
     """
     mask = np.asarray(padding_mask).astype(bool)
-    worst, cosine, agreement = 0.0, None, None
+    worst, cosine, agreement = None, None, None
     for name, want in expected.items():
         if name not in actual:
             continue
+        worst = worst or 0.0
         got = np.asarray(actual[name], np.float32)
         if want.ndim == 3:
             got, want = got[:, : want.shape[1]][mask], want[mask]
@@ -279,7 +281,8 @@ def judge(report, recipe, max_abs_diff=None):
     judged = (max_diff is not None or (min_cosine is not None and report.cosine is not None)
               or (min_agreement is not None and report.label_agreement is not None))
     if report.max_abs_diff is None or not judged:
-        report.problems.append("no output could be compared with the Keras model")
+        report.problems.append("no output could be compared with the Keras model (an export "
+                               "of another kind of model?)")
     elif max_diff is not None and not report.max_abs_diff <= max_diff:
         report.problems.append(f"max abs difference {report.max_abs_diff:.3g} > {max_diff:g}")
     if min_cosine is not None and report.cosine is not None and not report.cosine >= min_cosine:
@@ -517,7 +520,7 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20, max_abs
 
     from ai_edge_litert.interpreter import Interpreter
 
-    from kbert.serving.tflite import check_tflite_inputs
+    from kbert.serving.tflite import check_tflite_inputs, id_table_sizes
     from kbert.serving.tflite_recipes import recipe_of
 
     report = ArtifactReport(path, "TFLite", _size(path))
@@ -548,6 +551,18 @@ def validate_tflite(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20, max_abs
     names = {file_name: _TFLITE_ID_NAMES[file_name] for file_name in sorted(details)}
     config = model_config(model)
     limits = {"token_ids": config.vocab_size, "segment_ids": config.type_vocab_size}
+    # A file of another model reads its own tables: say so instead of feeding it ids it lacks.
+    rows = id_table_sizes(path)
+    for file_name, key in names.items():
+        found = rows.get(details[file_name]["index"])
+        if key in limits and found is not None and found != limits[key]:
+            what = "vocabulary" if key == "token_ids" else "segment types"
+            report.problems.append(
+                f"its `{file_name}` table has {found} rows; the Keras model's {what} has "
+                f"{limits[key]} (the export of another model?)")
+    if report.problems:
+        report.passed = False
+        return report
     outputs = {}
     for start in range(0, count, batch):
         chunk = {k: v[start:start + batch] for k, v in features.items()}
@@ -727,14 +742,21 @@ def validate_export(path, model=None, tokenizer=None, texts=SAMPLE_TEXTS, runs=2
         raise ValidationError("a tokenizer is needed with a model object.")
     reports = []
     for kind, artifact in artifacts:
-        if kind == "saved_model":
-            reports.append(validate_saved_model(artifact, model, tokenizer, texts, runs))
-        elif custom_ops(artifact):
-            reports.append(validate_text_tflite(artifact, model, tokenizer, texts, runs))
-        else:
-            reports.append(validate_tflite(artifact, model, tokenizer, texts, runs))
-            if has_task_metadata(artifact):
-                reports.append(validate_task_file(artifact, model, tokenizer, texts, runs))
+        # One damaged or foreign artifact gets its FAIL row; the others are still checked.
+        try:
+            if kind == "saved_model":
+                reports.append(validate_saved_model(artifact, model, tokenizer, texts, runs))
+            elif custom_ops(artifact):
+                reports.append(validate_text_tflite(artifact, model, tokenizer, texts, runs))
+            else:
+                reports.append(validate_tflite(artifact, model, tokenizer, texts, runs))
+                if has_task_metadata(artifact):
+                    reports.append(validate_task_file(artifact, model, tokenizer, texts, runs))
+        except Exception as error:  # noqa: BLE001  (reported as that artifact's failure)
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reports.append(ArtifactReport(
+                artifact, "TFLite" if kind == "tflite" else "SavedModel", _size(artifact),
+                passed=False, problems=[f"could not be run: {type(error).__name__}: {message}"]))
     return reports
 
 
@@ -744,6 +766,7 @@ def format_report(reports, root=None):
     rows = []
     for r in reports:
         name = os.path.relpath(r.path, root) if root and os.path.isdir(root) else r.path
+        name = os.path.basename(os.path.abspath(r.path)) if name == "." else name
         rows.append((
             name, r.kind, f"{r.size_bytes / 2**20:.1f} MiB",
             "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",

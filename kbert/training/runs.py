@@ -214,3 +214,32 @@ def stderr_to_file(path):
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def read_text_lines(path, flag):
+    """The non-blank lines of a UTF-8 text file given by a program flag (newlines stripped).
+
+    Args:
+        path: str, the file.
+        flag: str, the flag that named it (for the errors).
+
+    Returns:
+        list of str, at least one.
+
+    Raises:
+        ValueError: a missing file, a folder, bytes that are not UTF-8 (the
+            line and byte named) or no text at all, each naming the flag.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag}={path} does not exist or is not a file.")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{flag}={path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x}).") from None
+    lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    if not lines:
+        raise ValueError(f"{flag}={path} holds no text.")
+    return lines
