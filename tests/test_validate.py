@@ -149,8 +149,9 @@ def test_a_mediapipe_file_runs_in_mediapipe_too(encoder, uncased_tokenizer, unca
     assert not any(r.passed for r in validate.validate_export(path, other, uncased_tokenizer))
 
 
-def test_a_string_input_file_runs_with_the_tf_text_kernels(encoder, uncased_tokenizer, tmp_path):
-    from kbert.serving import tflite_text
+def test_a_string_input_file_runs_with_the_tf_text_kernels(encoder, uncased_tokenizer, tmp_path,
+                                                            export_dir):
+    from kbert.serving import run_classifier_tflite, run_tflite, tflite_text
 
     path = str(tmp_path / "text.tflite")
     tflite_text.export_text_tflite(encoder, uncased_tokenizer, path, sequence_length=16)
@@ -158,6 +159,15 @@ def test_a_string_input_file_runs_with_the_tf_text_kernels(encoder, uncased_toke
     assert report.kind == "TFLite text-in encoder" and report.passed, report.problems
     assert report.max_abs_diff <= 1e-4 and report.cosine > 0.9999
     assert "FastWordpieceTokenizeWithOffsets" in " ".join(report.notes)
+    # Each runner, given the other kind of file, says what the file is.
+    ids = {k: [[1, 2, 3]] for k in ("token_ids", "segment_ids", "padding_mask")}
+    with pytest.raises(ValueError, match=r"is not an id-input encoder file \(signature "
+                       r"'serving_token_ids'\); its signatures: serving_default\(text\)"):
+        run_tflite(path, ids)
+    with pytest.raises(ValueError, match=r"takes inputs \['text'\], not \['ids', 'mask', "):
+        run_classifier_tflite(path, ids)
+    with pytest.raises(ValueError, match=r"bert_v1.tflite is not a string-input file"):
+        tflite_text.run_text_tflite(str(export_dir / "bert_v1.tflite"), ["a"])
 
 
 def test_foreign_and_damaged_files_fail_on_their_own_row(export_dir, encoder, uncased_tokenizer,

@@ -55,6 +55,7 @@ from kbert.serving.tflite import (
     check_tflite_target,
     convert_to_tflite,
     litert_interpreter,
+    signature_runner,
 )
 from kbert.text.bert_text_preprocessor import BertTextPreprocessor
 
@@ -202,7 +203,7 @@ def run_classifier_tflite(path, features):
         TypeError: non-integer ids.
     """
     interpreter = litert_interpreter(model_path=path)
-    runner = interpreter.get_signature_runner(TFLITE_SIGNATURE)
+    runner = signature_runner(interpreter, TFLITE_SIGNATURE, path, "an id-input classifier file")
     arrays = check_tflite_inputs(
         path, runner.get_input_details(), features, TFLITE_INPUT_NAMES, any_batch=True
     )

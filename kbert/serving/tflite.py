@@ -24,6 +24,28 @@ from kbert.serving.tflite_recipes import (
 SIGNATURE = "serving_token_ids"
 
 
+def signature_runner(interpreter, signature, path, what):
+    """`interpreter`'s runner of `signature`, or a ValueError saying what the file is instead.
+
+    Args:
+        interpreter: a LiteRT interpreter of the file.
+        signature: str, the signature the caller's kind of file has.
+        path: str, the file (named in the error).
+        what: str, the kind of file the caller runs (e.g. "an id-input encoder file").
+
+    Raises:
+        ValueError: the file has no such signature (its signatures and their
+            inputs are named, so a string-input file given to an id runner,
+            or the reverse, says so).
+    """
+    signatures = interpreter.get_signature_list()
+    if signature not in signatures:
+        found = "; ".join(f"{key}({', '.join(value['inputs'])})" for key, value in signatures.items())
+        raise ValueError(
+            f"{path} is not {what} (signature {signature!r}); its signatures: {found or 'none'}.")
+    return interpreter.get_signature_runner(signature)
+
+
 def litert_interpreter(model_path=None, model_content=None):
     """A LiteRT interpreter (`ai_edge_litert`, TFLite's runtime; `tf.lite.Interpreter` is deprecated)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -243,6 +265,9 @@ def check_tflite_inputs(path, input_details, features, names=None, any_batch=Fal
         TypeError: ids of a non-integer dtype.
     """
     names = names or {name: name for name in sorted(input_details)}
+    if set(names) - set(input_details):
+        raise ValueError(f"{path} takes inputs {sorted(input_details)}, not {sorted(names)}: "
+                         "a file of another kind (see its signatures).")
     missing = [key for key in names.values() if key not in features]
     if missing:
         raise ValueError(f"{path} takes inputs {sorted(names.values())}; missing {missing}.")
@@ -311,7 +336,7 @@ def run_tflite(path, features):
         TypeError: non-integer ids.
     """
     interpreter = litert_interpreter(model_path=path)
-    runner = interpreter.get_signature_runner(SIGNATURE)
+    runner = signature_runner(interpreter, SIGNATURE, path, "an id-input encoder file")
     names = {name: name for name in INPUT_NAMES}
     return runner(**check_tflite_inputs(path, runner.get_input_details(), features, names))
 

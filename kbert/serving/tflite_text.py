@@ -387,7 +387,14 @@ def run_text_tflite(path, texts, text_pairs=None):
             file), or batches of different sizes.
         TypeError: an element that is not str or bytes.
     """
-    runner = text_tflite_interpreter(path).get_signature_runner(SIGNATURE)
+    from kbert.serving.tflite import signature_runner
+
+    runner = signature_runner(text_tflite_interpreter(path), SIGNATURE, path,
+                              "a string-input file")
+    inputs = runner.get_input_details()
+    if "text" not in inputs or np.dtype(inputs["text"]["dtype"]).kind not in "OSU":
+        raise ValueError(f"{path} is not a string-input file: it takes {sorted(inputs)}, not "
+                         "a string `text`.")
     details = runner.get_input_details()
     batches = {"text": _text_batch("texts", texts)}
     if ("text_pair" in details) != (text_pairs is not None):
