@@ -104,3 +104,18 @@ def randomize(model, seed=0, scale=0.5):
         if variable.path.endswith("gamma"):
             value = 1.0 + 0.1 * value
         variable.assign(value.astype(variable.dtype))
+
+
+def tiny_encoder(vocab_size, seed, num_hidden_layers=2, num_attention_heads=4):
+    """A randomized `BertEncoder` for export tests: hidden size 32, FFN 64, 64 positions.
+
+    With the uncased BERT vocabulary its embeddings are 3.9 MB, so exports
+    stay small while every table has a real vocabulary's size.
+    """
+    from kbert.models import BertEncoder
+
+    model = BertEncoder(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_hidden_layers,
+                        num_attention_heads=num_attention_heads, intermediate_size=64,
+                        max_position_embeddings=64)
+    randomize(model, seed=seed, scale=0.1)
+    return model

@@ -20,17 +20,14 @@ from kbert.serving import (
     verify_tflite,
 )
 from kbert.text import BertPacker
-from tests.numpy_bert import randomize
+from tests.numpy_bert import randomize, tiny_encoder
 
 TEXTS = ["Héllo, WORLD!", "", "I love 北京 !", "the quick brown fox " * 40]
 
 
 @pytest.fixture(scope="module")
 def encoder(uncased_tokenizer):
-    model = BertEncoder(vocab_size=uncased_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    randomize(model, seed=3, scale=0.1)
-    return model
+    return tiny_encoder(uncased_tokenizer.vocab_size, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kbert.models import BertEncoder
 from kbert.serving import export_saved_model, export_tflite, run_tflite, verify_tflite
-from tests.numpy_bert import randomize
+from tests.numpy_bert import tiny_encoder
 from tests.saved_model_requests import (
     folder_size,
     requests_in_fresh_process,
@@ -22,10 +21,8 @@ from tests.test_export import TEXTS, _packed
 @pytest.fixture(scope="module")
 def encoder(uncased_tokenizer):
     """One block, hidden size 32, 64 positions; the uncased vocabulary (3.9 MB of embeddings)."""
-    model = BertEncoder(vocab_size=uncased_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    randomize(model, seed=5, scale=0.1)
-    return model
+    return tiny_encoder(uncased_tokenizer.vocab_size, seed=5, num_hidden_layers=1,
+                        num_attention_heads=2)
 
 
 @pytest.fixture(scope="module")

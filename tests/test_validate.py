@@ -18,15 +18,12 @@ from kbert.serving import (
 )
 from kbert.serving.tflite import convert_to_tflite
 from tests.conftest import REPO
-from tests.numpy_bert import randomize
+from tests.numpy_bert import randomize, tiny_encoder
 
 
 @pytest.fixture(scope="module")
 def encoder(uncased_tokenizer):
-    model = BertEncoder(vocab_size=uncased_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    randomize(model, seed=5, scale=0.1)
-    return model
+    return tiny_encoder(uncased_tokenizer.vocab_size, seed=5)
 
 
 @pytest.fixture(scope="module")

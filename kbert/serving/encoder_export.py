@@ -194,7 +194,15 @@ def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_le
                       atol, log, top_k, fill_mask_texts, kinds, representative_texts):
     """Writes every file under `folder` and validates it; returns `export_encoder`'s dict."""
     from kbert.models import BertPretrainer
-    from kbert.serving import fill_mask, saved_model, tflite, tflite_text, validate
+    from kbert.serving import (
+        fill_mask,
+        saved_model,
+        saved_model_check,
+        tflite,
+        tflite_check,
+        tflite_text,
+        validate,
+    )
     from kbert.training.runs import stderr_to_file  # the converter logs from C++
 
     pretrainer = model if isinstance(model, BertPretrainer) else None
@@ -205,7 +213,7 @@ def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_le
     # One fresh process (as TF Serving loads the folder) for every check of the SavedModel.
     extra = [] if pretrainer is None else [
         ("fill_mask", fill_mask.FILL_MASK_SIGNATURE, {"text": fill_mask_texts})]
-    reports = [validate.validate_saved_model(path, encoder, tokenizer, texts, extra_calls=extra,
+    reports = [saved_model_check.validate_saved_model(path, encoder, tokenizer, texts, extra_calls=extra,
                                              max_abs_diff=atol)]
     _raise_unless_passed(reports[-1])
     served = reports[-1].outputs
@@ -230,7 +238,7 @@ def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_le
         with stderr_to_file(log):
             if kind == "text":
                 tflite_text.export_text_tflite(encoder, tokenizer, lite_path, sequence_length)
-                reports.append(validate.validate_text_tflite(lite_path, encoder, tokenizer, texts))
+                reports.append(tflite_check.validate_text_tflite(lite_path, encoder, tokenizer, texts))
             else:
                 tflite.export_tflite(
                     encoder, lite_path, sequence_length, batch_size=1, recipe=kind,
@@ -238,7 +246,7 @@ def _export_and_check(model, tokenizer, vocab_path, folder, version, sequence_le
                 # A quantized file is judged on statistics (cosine, labels): also on up to
                 # QUANTIZED_CHECK_TEXTS of the user's own texts when there are some.
                 extra = list(representative_texts or [])[:QUANTIZED_CHECK_TEXTS]
-                reports.append(validate.validate_tflite(
+                reports.append(tflite_check.validate_tflite(
                     lite_path, encoder, tokenizer, texts + (extra if kind != "float32" else []),
                     max_abs_diff=atol))
         _raise_unless_passed(reports[-1])

@@ -184,7 +184,7 @@ class ClassificationTask:
     def _export_recipe(self, model, tokenizer, path, sequence_length, recipe, max_checked):
         """Writes and validates one quantized TFLite file; returns its numbers."""
         from kbert import serving
-        from kbert.serving import validate
+        from kbert.serving import tflite_check
 
         data = None
         if serving.TFLITE_RECIPES[recipe].needs_representative_data:
@@ -198,7 +198,7 @@ class ClassificationTask:
         try:
             serving.export_classifier_tflite(model, staged, sequence_length, recipe=recipe,
                                              representative_data=data)
-            checked = validate.validate_tflite(staged, model, tokenizer,
+            checked = tflite_check.validate_tflite(staged, model, tokenizer,
                                                self.eval.texts[0][:max_checked])
             if not checked.passed:
                 raise serving.ExportVerificationError(
