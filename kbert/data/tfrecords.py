@@ -1,0 +1,671 @@
+"""BERT pretraining TFRecords: a streaming writer and an interleaved `tf.data` reader.
+
+The records are those of google-research/bert and tf-models-official
+`create_pretraining_data.py`: one `tf.train.Example` per sentence pair with
+int64 `input_ids`, `input_mask`, `segment_ids` (padded to `max_seq_length`),
+int64 `masked_lm_positions`, `masked_lm_ids` and float `masked_lm_weights`
+(padded to `max_predictions_per_seq`) and int64 `next_sentence_labels`
+(one value; 1 = B is a random span). tf-models' "v2" names `input_word_ids`
+and `input_type_ids` are read too. Their reader
+(`official.nlp.data.pretrain_dataloader.BertPretrainDataLoader`) reads what
+`write_pretraining_tfrecords` writes, and `pretraining_tfrecord_dataset`
+reads what theirs writes.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message as message_module
+
+from kbert.data.corpus import corpus_files, parse_documents
+from kbert.data.pretraining import (
+    MaskedLMMasker,
+    create_sentence_pairs,
+    pack_and_mask_batches,
+    tokenize_documents,
+    word_continuation_ids,
+)
+from kbert.text.bert_packer import BertPacker
+
+# kbert feature name -> record feature name (google-research/bert).
+RECORD_NAMES = {
+    "token_ids": "input_ids",
+    "padding_mask": "input_mask",
+    "segment_ids": "segment_ids",
+    "masked_lm_positions": "masked_lm_positions",
+    "masked_lm_ids": "masked_lm_ids",
+    "masked_lm_weights": "masked_lm_weights",
+    "next_sentence_labels": "next_sentence_labels",
+}
+# tf-models-official's `use_v2_feature_names=True` records.
+V2_RECORD_NAMES = dict(RECORD_NAMES, token_ids="input_word_ids", segment_ids="input_type_ids")
+_FLOAT_FEATURES = ("masked_lm_weights",)
+_PREDICTION_FEATURES = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+
+
+# --- reading a corpus as a stream ---------------------------------------------------------
+
+def stream_documents(file_patterns, split_sentences=True, block_bytes=1 << 20):
+    """Yields the documents of plain-text corpus files without reading a file whole.
+
+    Same format and result as `kbert.data.read_documents` (blank lines
+    between documents; with `split_sentences`, lines split at `.`, `!`, `?`):
+    lines are gathered up to a blank line once `block_bytes` are held, and
+    that block of whole documents is parsed by `kbert.data.corpus.parse_documents`.
+    Memory: one block (about `block_bytes`, more only for a longer document).
+
+    Args:
+        file_patterns: str or list of str, file paths or glob patterns.
+        split_sentences: bool, split lines into sentences.
+        block_bytes: int, text gathered before a block is parsed.
+
+    Yields:
+        documents, each a non-empty list of non-empty str.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: see `kbert.data.corpus.corpus_files`.
+        ValueError: bytes that are not UTF-8 (file, line and byte named), or
+            no text in any file.
+    """
+    paths = corpus_files(file_patterns)
+    found = False
+    for path in paths:
+        block, size = [], 0
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                line = _decode_line(raw, path, number)
+                if size >= block_bytes and not line.strip():
+                    for document in parse_documents("".join(block), split_sentences):
+                        found = True
+                        yield document
+                    block, size = [], 0
+                block.append(line)
+                size += len(raw)
+        for document in parse_documents("".join(block), split_sentences):
+            found = True
+            yield document
+    if not found:
+        raise ValueError(f"The corpus files {paths} hold no text.")
+
+
+def _decode_line(raw, path, number):
+    """One line of a corpus file as str (a leading byte-order mark dropped); errors name file:line."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}:{number}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+            "save the file as UTF-8."
+        ) from None
+
+
+def _merged_documents(documents, min_sentences=2):
+    """`kbert.data.merge_short_documents` as a stream (holds one document back)."""
+    held, current = None, []
+    for document in documents:
+        current.extend(document)
+        if len(current) >= min_sentences:
+            if held is not None:
+                yield held
+            held, current = current, []
+    if held is None:
+        if current:
+            yield current
+        return
+    held.extend(current)
+    yield held
+
+
+def _batched(items, size):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _document_buffers(documents, size):
+    """Consecutive buffers of `size` documents; the last holds 2 to `size + 1`.
+
+    Raises:
+        ValueError: fewer than 2 documents in all (next-sentence pairs need 2).
+    """
+    buffer = []
+    for document in documents:
+        buffer.append(document)
+        if len(buffer) == size + 2:
+            yield buffer[:size]
+            buffer = buffer[size:]
+    if len(buffer) < 2:
+        raise ValueError(
+            f"Next-sentence pairs need at least 2 documents; the corpus has {len(buffer)}. "
+            "Separate documents with blank lines."
+        )
+    yield buffer
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def shard_paths(output_path, num_shards):
+    """Names of `num_shards` output files: `output_path` itself for 1, else
+    `output_path-00000-of-0000N` (the TFRecord shard convention).
+
+    Raises:
+        ValueError: `num_shards` < 1.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be >= 1.")
+    if num_shards == 1:
+        return [output_path]
+    return [f"{output_path}-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
+
+
+def serialize_example(features, i):
+    """Row `i` of a batch of NumPy features as a serialized BERT pretraining `tf.train.Example`.
+
+    Args:
+        features: dict of `FEATURE_NAMES` to NumPy arrays `(batch_size, ...)`
+            (as `MaskedLMMasker` returns them, with `next_sentence_labels`).
+        i: int, the row.
+
+    Returns:
+        bytes, with the record names of `RECORD_NAMES` (int64 lists, float
+        `masked_lm_weights`, one-value `next_sentence_labels`).
+    """
+    feature = {}
+    for name, record_name in RECORD_NAMES.items():
+        values = np.reshape(features[name][i], [-1])
+        if name in _FLOAT_FEATURES:
+            feature[record_name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        else:
+            feature[record_name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+WriteSummary = collections.namedtuple(
+    "WriteSummary",
+    ["files", "examples", "documents", "predictions", "masked_tokens", "random_next", "seconds"],
+)
+WriteSummary.__doc__ = """What `write_pretraining_tfrecords` wrote.
+
+Fields: `files` (list of str), `examples` (int, over all dupe passes),
+`documents` (int, per pass, after short documents were merged),
+`predictions` (int, masked-LM slots with weight 1), `masked_tokens` (int,
+real non-special tokens, the masking rate's denominator), `random_next`
+(int, examples whose B is a random span), `seconds` (float).
+"""
+
+
+def write_pretraining_tfrecords(input_patterns, output_files, tokenizer, config,
+                                whole_word_mask=False, buffer_documents=1000, batch_size=256):
+    """Writes BERT pretraining TFRecords from plain-text files, streaming the corpus.
+
+    For each of `config.dupe_factor` passes the corpus is read again as a
+    stream (`stream_documents`, short documents merged as in
+    `build_pretraining_dataset`), in buffers of `buffer_documents`
+    documents: a buffer is tokenized (`tokenize_documents`), paired
+    (`create_sentence_pairs`, one pass; a random next segment comes from
+    another document of the same buffer), shuffled, packed (`BertPacker`)
+    and masked once (`MaskedLMMasker`, token or whole-word masking; seeded by
+    `config.seed` and the batch's position), and written round-robin over
+    `output_files` as google-research/bert's writer does.
+
+    Held in memory at once: one buffer of tokenized documents and its
+    sentence pairs, about 1 MiB of raw text and one batch of features, so
+    memory depends on `buffer_documents`, not on the corpus size. What this
+    gives up against google-research/bert (which holds the whole corpus): a
+    NotNext segment comes from the same buffer, not the whole corpus, and
+    examples are shuffled within a buffer, not globally (readers shuffle
+    again: `pretraining_tfrecord_dataset` interleaves files and keeps a
+    shuffle buffer).
+
+    Files are written under temporary names and renamed at the end, so a
+    failure leaves no partial output.
+
+    Args:
+        input_patterns: str or list of str, corpus files or globs (format of
+            `kbert.data.read_documents`).
+        output_files: list of str, the TFRecord files to write (see `shard_paths`).
+        tokenizer: `kbert.text.BertTokenizer`.
+        config: `PretrainingDataConfig` (`sequence_length` is the records'
+            `max_seq_length`; `masked_lm_prob=0` writes unmasked records).
+        whole_word_mask: bool, mask whole words.
+        buffer_documents: int >= 2, documents per buffer.
+        batch_size: int, examples packed and masked per call.
+
+    Returns:
+        `WriteSummary`.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, ValueError: see
+            `stream_documents`; fewer than 2 documents; `buffer_documents` < 2;
+            no `output_files`; an output folder that does not exist.
+    """
+    if buffer_documents < 2:
+        raise ValueError(f"buffer_documents={buffer_documents} must be >= 2.")
+    if not output_files:
+        raise ValueError("output_files is empty; give at least one file to write.")
+    for path in output_files:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"The folder of the output file {path} does not exist: {folder}.")
+    corpus_files(input_patterns)  # a missing pattern fails before anything is written
+    started = time.perf_counter()
+    special = tokenizer.special_token_ids
+    packer = BertPacker(config.sequence_length, special["cls"], special["sep"], special["pad"])
+    # With no continuation ids every piece is its own word: token masking by
+    # the same (faster) code as whole-word masking.
+    continuation = word_continuation_ids(tokenizer.vocabulary) if whole_word_mask else []
+    masker = MaskedLMMasker(config, tokenizer.vocab_size, special["mask"], special["cls"],
+                            special["sep"], special["pad"], continuation_ids=continuation)
+    counts = collections.Counter()
+    pairs = tf.data.Dataset.from_generator(
+        lambda: _sentence_pairs(input_patterns, tokenizer, config, buffer_documents, counts),
+        output_signature=(
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([], tf.int32),
+        ),
+    ).ragged_batch(batch_size)
+    temporary = [f"{path}.tmp-{os.getpid()}" for path in output_files]
+    writers = [tf.io.TFRecordWriter(path) for path in temporary]
+    try:
+        for features in pack_and_mask_batches(pairs, packer, masker):
+            features = {k: v.numpy() for k, v in features.items()}
+            _count(counts, features, special)
+            for i in range(len(features["next_sentence_labels"])):
+                writers[counts["examples"] % len(writers)].write(serialize_example(features, i))
+                counts["examples"] += 1
+        for writer in writers:
+            writer.close()
+        for path, final in zip(temporary, output_files):
+            os.replace(path, final)
+    finally:
+        for writer, path in zip(writers, temporary):
+            writer.close()
+            if os.path.exists(path):
+                os.remove(path)
+    return WriteSummary(
+        list(output_files), counts["examples"], counts["documents"], counts["predictions"],
+        counts["masked_tokens"], counts["random_next"], time.perf_counter() - started,
+    )
+
+
+def _sentence_pairs(input_patterns, tokenizer, config, buffer_documents, counts):
+    """Yields `(tokens_a, tokens_b, label)` for every pass over the corpus, a buffer at a time.
+
+    See `write_pretraining_tfrecords`; `counts["documents"]` ends as the
+    documents of one pass.
+    """
+    pass_config = dataclasses.replace(config, dupe_factor=1)  # the passes are made here
+    rng = np.random.default_rng(config.seed)
+    for _ in range(config.dupe_factor):
+        counts["documents"] = 0
+        documents = _merged_documents(stream_documents(input_patterns))
+        tokenized = (document for batch in _batched(documents, buffer_documents)
+                     for document in tokenize_documents(batch, tokenizer))
+        for buffer in _document_buffers(tokenized, buffer_documents):
+            counts["documents"] += len(buffer)
+            tokens_a, tokens_b, labels = create_sentence_pairs(buffer, pass_config, rng)
+            for i in rng.permutation(len(labels)):
+                yield tokens_a[i], tokens_b[i], labels[i]
+
+
+def _count(counts, features, special):
+    """Adds a batch's predictions, selectable tokens and random-next labels to `counts`."""
+    original = features["token_ids"].copy()
+    weights = features["masked_lm_weights"] > 0
+    rows = np.nonzero(weights)[0]
+    original[rows, features["masked_lm_positions"][weights]] = features["masked_lm_ids"][weights]
+    selectable = (features["padding_mask"] > 0) & ~np.isin(
+        original, [special["cls"], special["sep"], special["pad"]])
+    counts["predictions"] += int(weights.sum())
+    counts["masked_tokens"] += int(selectable.sum())
+    counts["random_next"] += int(features["next_sentence_labels"].sum())
+
+
+# --- reading ------------------------------------------------------------------------------
+
+def tfrecord_files(file_patterns):
+    """The files that TFRecord patterns name: each pattern's matches, sorted, in pattern order.
+
+    Uses `tf.io.gfile.glob`, so `gs://` and other TensorFlow file systems work.
+
+    Args:
+        file_patterns: str or list of str, paths or glob patterns (a
+            comma-separated str is split).
+
+    Returns:
+        list of str, without duplicates.
+
+    Raises:
+        FileNotFoundError: a pattern matches no file (the pattern named).
+        IsADirectoryError: a pattern matches a folder.
+    """
+    if isinstance(file_patterns, (str, os.PathLike)):
+        file_patterns = [p for p in os.fspath(file_patterns).split(",") if p]
+    paths = []
+    for pattern in file_patterns:
+        pattern = os.fspath(pattern)
+        matched = sorted(tf.io.gfile.glob(pattern))
+        if not matched:
+            raise FileNotFoundError(f"No TFRecord file matches {pattern!r}.")
+        folders = [m for m in matched if tf.io.gfile.isdir(m)]
+        if folders:
+            raise IsADirectoryError(
+                f"TFRecord pattern {pattern!r} matches the folder {folders[0]}; "
+                "give files (e.g. 'folder/*.tfrecord')."
+            )
+        paths.extend(m for m in matched if m not in paths)
+    return paths
+
+
+def check_pretraining_records(files, sequence_length, max_predictions_per_seq, vocab_size=None,
+                              compression_type=""):
+    """Reads the first record of each file and checks it against the expected lengths.
+
+    So a mismatch fails when a pipeline is built, naming the file, the
+    feature and both lengths, not as a parse error in the middle of training.
+
+    Args:
+        files: list of str TFRecord paths (see `tfrecord_files`).
+        sequence_length: int, expected `input_ids`/`input_mask`/`segment_ids` length.
+        max_predictions_per_seq: int, expected `masked_lm_*` length.
+        vocab_size: optional int; the first record's ids must be below it.
+        compression_type: "" or "GZIP".
+
+    Returns:
+        dict, the record names to read (`RECORD_NAMES` or `V2_RECORD_NAMES`).
+
+    Raises:
+        ValueError: a file that is not a TFRecord file (or not of
+            `compression_type`), a record that is not a BERT pretraining
+            `tf.train.Example` (missing features named), a feature of another
+            length or kind, an id outside the vocabulary, or files that hold
+            no records at all.
+    """
+    names, empty = None, 0
+    for path in files:
+        record = _first_record(path, compression_type)
+        if record is None:
+            empty += 1
+            continue
+        try:
+            example = tf.train.Example.FromString(record)
+        except message_module.DecodeError as e:
+            raise ValueError(f"{path}: the first record is not a tf.train.Example ({e}).") from None
+        feature = example.features.feature
+        names = V2_RECORD_NAMES if "input_word_ids" in feature else RECORD_NAMES
+        missing = [n for n in names.values() if n not in feature]
+        if missing:
+            raise ValueError(
+                f"{path}: the first record lacks {missing}; it has {sorted(feature)}. BERT "
+                f"pretraining records need {sorted(RECORD_NAMES.values())} (see "
+                "trainers/create_pretraining_data.py)."
+            )
+        for name, record_name in names.items():
+            kind = "float_list" if name in _FLOAT_FEATURES else "int64_list"
+            values = getattr(feature[record_name], kind).value
+            if feature[record_name].WhichOneof("kind") != kind:
+                raise ValueError(
+                    f"{path}: feature {record_name} is a {feature[record_name].WhichOneof('kind')}"
+                    f", expected a {kind}."
+                )
+            if name == "next_sentence_labels":
+                expected, flag = 1, None
+            elif name in _PREDICTION_FEATURES:
+                expected, flag = max_predictions_per_seq, "max_predictions_per_seq"
+            else:
+                expected, flag = sequence_length, "sequence_length"
+            if len(values) != expected:
+                wanted = f"{flag} is {expected}" if flag else f"it must hold {expected} value"
+                raise ValueError(
+                    f"{path}: feature {record_name} has length {len(values)} in the first "
+                    f"record, but {wanted}."
+                )
+        top = max(feature[names["token_ids"]].int64_list.value)
+        if vocab_size is not None and top >= vocab_size:
+            raise ValueError(
+                f"{path}: the first record holds token id {top}, but the vocabulary has "
+                f"{vocab_size} tokens (were the records written with another vocabulary?)."
+            )
+    if names is None:
+        raise ValueError(f"The TFRecord files {files[:3]}{'...' if len(files) > 3 else ''} "
+                         f"({len(files)}) hold no records.")
+    return names
+
+
+def _first_record(path, compression_type):
+    """The first serialized record of a TFRecord file, or None if it has none.
+
+    Raises:
+        ValueError: not a TFRecord file (a gzip file without
+            `compression_type="GZIP"` is named as such).
+    """
+    try:
+        for record in tf.data.TFRecordDataset(path, compression_type=compression_type).take(1):
+            return record.numpy()
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            gzip = f.read(2) == b"\x1f\x8b"
+        hint = " It is gzip-compressed: pass compression_type='GZIP'." if gzip and not \
+            compression_type else ""
+        message = e.message.splitlines()[0] if e.message else type(e).__name__
+        raise ValueError(f"{path} is not a TFRecord file ({message}).{hint}") from None
+    return None
+
+
+def unmask(features):
+    """Puts the original ids back at the masked positions of a batch of features.
+
+    Args:
+        features: dict with int32 `token_ids` `(batch_size, sequence_length)`,
+            `masked_lm_positions`, `masked_lm_ids`, float32 `masked_lm_weights`
+            `(batch_size, max_predictions_per_seq)`.
+
+    Returns:
+        int32 `(batch_size, sequence_length)`, the unmasked `token_ids`
+        (slots of weight 0 are ignored).
+    """
+    real = features["masked_lm_weights"] > 0
+    rows = tf.cast(tf.where(real)[:, 0], tf.int32)
+    positions = tf.boolean_mask(features["masked_lm_positions"], real)
+    return tf.tensor_scatter_nd_update(
+        features["token_ids"], tf.stack([rows, positions], axis=1),
+        tf.boolean_mask(features["masked_lm_ids"], real),
+    )
+
+
+def pretraining_tfrecord_dataset(
+    file_patterns,
+    batch_size,
+    sequence_length,
+    max_predictions_per_seq,
+    repeat=True,
+    shuffle=True,
+    shuffle_buffer_size=10_000,
+    seed=12345,
+    drop_remainder=None,
+    skip_batches=0,
+    input_context=None,
+    masker=None,
+    num_workers=1,
+    cycle_length=None,
+    vocab_size=None,
+    compression_type="",
+):
+    """BERT pretraining TFRecords -> batched kbert features for `model.fit`, streamed.
+
+    Pipeline: file names (`tfrecord_files`) -> seeded file shuffle -> repeat
+    -> `interleave` of `tf.data.TFRecordDataset` over `cycle_length` files
+    (parallel, deterministic order) -> seeded shuffle buffer -> skip ->
+    batch -> `tf.io.parse_example` -> kbert names (`input_ids` ->
+    `token_ids`, `input_mask` -> `padding_mask`; int64 -> int32) -> optional
+    re-masking. The result is what `build_pretraining_dataset` gives, so
+    `.map(split_features_for_fit)` feeds `BertPretrainer.fit`. The first
+    record of each file is read and checked when the pipeline is built
+    (`check_pretraining_records`).
+
+    Distribution: the dataset's auto-shard policy is FILE when there are at
+    least max(2, `num_workers`) files (each worker of a
+    MultiWorkerMirroredStrategy reads its own files) and DATA otherwise. With
+    `input_context` (`strategy.distribute_datasets_from_function`) the
+    files, or the records when there are fewer files than input pipelines,
+    are sharded here, and `batch_size` becomes the per-replica batch.
+
+    Resuming: the stream depends only on the files, `seed` and the batch
+    size, so `skip_batches=n` continues where a run that consumed n batches
+    stopped (the skipped records are read but not parsed).
+
+    Args:
+        file_patterns: str (comma-separated) or list of str, TFRecord files or globs.
+        batch_size: int, examples per batch (global, see above).
+        sequence_length: int, the records' `max_seq_length`.
+        max_predictions_per_seq: int, the records' masked-LM slots.
+        repeat: bool, cycle forever (training) or one pass (evaluation).
+        shuffle: bool, shuffle files and records (seeded).
+        shuffle_buffer_size: int, records in the shuffle buffer.
+        seed: int, seeds both shuffles.
+        drop_remainder: bool, static batch shapes (TPU); default `repeat`.
+        skip_batches: int, batches to skip (resume).
+        input_context: optional `tf.distribute.InputContext`.
+        masker: optional `kbert.data.MaskedLMMasker` built for these lengths;
+            given, every batch is unmasked (`unmask`) and masked again,
+            keyed by its position in the stream (dynamic masking; records
+            written with `masked_lm_prob=0` are simply masked).
+        num_workers: int, workers that will shard this dataset (see above).
+        cycle_length: int, files read at once (default min(files, 16)).
+        vocab_size: optional int, checked against the first records' ids.
+        compression_type: "" or "GZIP".
+
+    Returns:
+        `tf.data.Dataset` of dicts of `FEATURE_NAMES`: int32 `token_ids`,
+        `segment_ids`, `padding_mask` `(batch_size, sequence_length)`; int32
+        `masked_lm_positions`, `masked_lm_ids`, float32 `masked_lm_weights`
+        `(batch_size, max_predictions_per_seq)`; int32
+        `next_sentence_labels` `(batch_size,)`.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: see `tfrecord_files`.
+        ValueError: see `check_pretraining_records`; `batch_size` < 1;
+            `skip_batches` < 0; a `masker` configured for other lengths.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches={skip_batches} must be >= 0.")
+    if masker is not None and (
+        masker.config.sequence_length != sequence_length
+        or masker.config.max_predictions_per_seq != max_predictions_per_seq
+    ):
+        raise ValueError(
+            f"The masker is configured for sequence_length={masker.config.sequence_length}, "
+            f"max_predictions_per_seq={masker.config.max_predictions_per_seq}; the records "
+            f"have {sequence_length}, {max_predictions_per_seq}."
+        )
+    files = tfrecord_files(file_patterns)
+    names = check_pretraining_records(
+        files, sequence_length, max_predictions_per_seq, vocab_size, compression_type)
+    if drop_remainder is None:
+        drop_remainder = repeat
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    shard_records = False
+    if input_context is not None:
+        pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(files) >= pipelines:
+            dataset = dataset.shard(pipelines, index)
+        else:
+            shard_records = pipelines > 1
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=compression_type),
+        cycle_length=min(len(files), cycle_length or 16),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if shard_records:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches * batch_size)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+    spec = {}
+    for name, record_name in names.items():
+        length = max_predictions_per_seq if name in _PREDICTION_FEATURES else sequence_length
+        length = 1 if name == "next_sentence_labels" else length
+        dtype = tf.float32 if name in _FLOAT_FEATURES else tf.int64
+        spec[record_name] = tf.io.FixedLenFeature([length], dtype)
+
+    def parse(batch_index, serialized):
+        records = tf.io.parse_example(serialized, spec)
+        features = {
+            name: tf.cast(records[record_name],
+                          tf.float32 if name in _FLOAT_FEATURES else tf.int32)
+            for name, record_name in names.items()
+        }
+        features["next_sentence_labels"] = features["next_sentence_labels"][:, 0]
+        if masker is None:
+            return features
+        tf.random.set_seed(masker.config.seed)  # see `pack_and_mask_batches`
+        packed = {name: features[name] for name in ("segment_ids", "padding_mask")}
+        packed["token_ids"] = unmask(features)
+        remasked = masker(packed, batch_index)
+        remasked["next_sentence_labels"] = features["next_sentence_labels"]
+        return remasked
+
+    dataset = dataset.enumerate(skip_batches).map(
+        parse, num_parallel_calls=None if masker is not None else tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE
+        if len(files) >= max(2, num_workers)
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def tfrecord_files_digest(files):
+    """sha256 hex digest of the names and sizes of TFRecord files, in order.
+
+    For resume checks of runs on data too large to hash: it changes when a
+    file is added, dropped, renamed, reordered or changes size.
+    """
+    digest = hashlib.sha256()
+    for path in files:
+        name = path if "://" in path else os.path.abspath(path)
+        digest.update(f"{name}\t{tf.io.gfile.stat(path).length}\n".encode())
+    return digest.hexdigest()
+
+
+__all__ = [
+    "RECORD_NAMES",
+    "V2_RECORD_NAMES",
+    "WriteSummary",
+    "check_pretraining_records",
+    "pretraining_tfrecord_dataset",
+    "serialize_example",
+    "shard_paths",
+    "stream_documents",
+    "tfrecord_files",
+    "tfrecord_files_digest",
+    "unmask",
+    "write_pretraining_tfrecords",
+]
