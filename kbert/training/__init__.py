@@ -3,21 +3,45 @@
 from kbert.training.checkpointing import CheckpointCallback, TrainingCheckpoint
 from kbert.training.distribute import STRATEGIES, create_strategy, split_cpu
 from kbert.training.finetune_run import export_task, train_task
-from kbert.training.finetuning import TASKS, compile_for_task, epoch_schedule, fit_epochs
+from kbert.training.finetuning import (
+    TASKS,
+    compile_for_task,
+    epoch_schedule,
+    fit_epochs,
+)
+from kbert.training.gradients import (
+    GlobalBatchMixin,
+    accumulation_pending,
+    clip_by_global_norm,
+)
+from kbert.training.lamb import Lamb
 from kbert.training.losses import MaskedLMLoss
-from kbert.training.optimization import WarmupLinearDecay, create_adamw
+from kbert.training.optimization import (
+    OPTIMIZERS,
+    AdamW,
+    WarmupLinearDecay,
+    create_adamw,
+    create_optimizer,
+)
 from kbert.training.pretraining import compile_pretrainer, evaluate_masked_lm
 
 __all__ = [
+    "OPTIMIZERS",
     "STRATEGIES",
     "TASKS",
+    "AdamW",
     "CheckpointCallback",
+    "GlobalBatchMixin",
+    "Lamb",
     "MaskedLMLoss",
     "TrainingCheckpoint",
     "WarmupLinearDecay",
+    "accumulation_pending",
+    "clip_by_global_norm",
     "compile_for_task",
     "compile_pretrainer",
     "create_adamw",
+    "create_optimizer",
     "create_strategy",
     "epoch_schedule",
     "evaluate_masked_lm",

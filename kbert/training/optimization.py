@@ -1,7 +1,11 @@
-"""BERT's optimizer: AdamW with linear warmup and linear decay
-(Devlin et al. 2019, Appendix A.2; google-research/bert `optimization.py`)."""
+"""BERT's optimizers: AdamW or LAMB, linear warmup and decay, global-norm clipping
+(Devlin et al. 2019, Appendix A.2; google-research/bert `optimization.py`;
+You et al. 2020 for LAMB), with gradient accumulation."""
 
 import keras
+
+from kbert.training.gradients import GlobalBatchMixin
+from kbert.training.lamb import Lamb
 
 # Variables that get no weight decay (BERT: LayerNorm and biases).
 NO_DECAY_NAMES = ("gamma", "beta", "bias", "output_bias")
@@ -58,6 +62,104 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="kbert")
+class AdamW(GlobalBatchMixin, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` whose update depends only on the global batch.
+
+    Clipping by `global_clipnorm` after the cross-replica sum, the schedule
+    on applied updates under accumulation, `no_decay_names` kept in the
+    config: see `GlobalBatchMixin`. Takes `keras.optimizers.AdamW`'s
+    arguments (bias-corrected Adam, decoupled weight decay
+    `w -= lr * weight_decay * w`, Loshchilov & Hutter 2019).
+    """
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class SGD(GlobalBatchMixin, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with `GlobalBatchMixin` (for checks and small runs)."""
+
+
+OPTIMIZERS = {"adamw": AdamW, "lamb": Lamb}
+
+
+def create_optimizer(
+    name="adamw",
+    learning_rate=1e-4,
+    total_steps=None,
+    warmup_steps=None,
+    weight_decay=0.01,
+    global_clipnorm=1.0,
+    gradient_accumulation_steps=1,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-6,
+    end_learning_rate=0.0,
+):
+    """Returns BERT's optimizer, AdamW or LAMB, on a `WarmupLinearDecay` schedule.
+
+    LayerNorm scales/offsets and all biases (`NO_DECAY_NAMES`) get no weight
+    decay (and, for LAMB, no trust ratio), as in google-research/bert and
+    Model Garden. The gradient is clipped to `global_clipnorm` once, after
+    the sum over replicas and micro-batches, so 1 or N replicas and 1 or K
+    accumulated micro-batches give the same update (see `GlobalBatchMixin`).
+
+    Steps: `total_steps`, `warmup_steps` and the schedule count *applied
+    updates*. With `gradient_accumulation_steps=K`, `fit` must run K
+    micro-batches per update (K * total_steps batches), and
+    `optimizer.iterations` (the checkpoint step) is micro-batches // K.
+
+    Args:
+        name: "adamw" (`AdamW`) or "lamb" (`Lamb`, You et al. 2020, Algorithm 2).
+        learning_rate: float > 0, the peak learning rate (BERT-Base: 1e-4
+            with AdamW at batch 256; LAMB at batch 64k: ~6e-3).
+        total_steps: int, optimizer updates of the whole run.
+        warmup_steps: int, defaults to 10% of `total_steps`.
+        weight_decay: float >= 0 (0 turns it off), decoupled.
+        global_clipnorm: float > 0, or None for no clipping (BERT: 1.0).
+        gradient_accumulation_steps: int >= 1; the update averages the
+            gradients of this many micro-batches. The mean of micro-batch
+            losses equals the big batch's only when every micro-batch has the
+            same number of examples and, for `MaskedLMLoss` (a token mean),
+            of weighted masked tokens.
+        beta_1, beta_2, epsilon: Adam/LAMB moments (BERT: 0.9, 0.999, 1e-6).
+        end_learning_rate: float >= 0, the rate after `total_steps`.
+
+    Returns:
+        a `kbert.training.AdamW` or `kbert.training.Lamb` (Keras optimizers).
+
+    Raises:
+        ValueError: unknown `name` (the known ones listed), `total_steps`
+            missing, `gradient_accumulation_steps` < 1, `weight_decay` < 0,
+            `global_clipnorm` <= 0, or a bad schedule (see `WarmupLinearDecay`).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}.")
+    if total_steps is None:
+        raise ValueError("total_steps (optimizer updates of the whole run) is required.")
+    if gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"gradient_accumulation_steps={gradient_accumulation_steps} must be >= 1."
+        )
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay} must be >= 0.")
+    if warmup_steps is None:
+        warmup_steps = max(1, total_steps // 10)
+    return OPTIMIZERS[name](
+        learning_rate=WarmupLinearDecay(
+            learning_rate, warmup_steps, total_steps, end_learning_rate
+        ),
+        weight_decay=float(weight_decay),
+        global_clipnorm=global_clipnorm,
+        gradient_accumulation_steps=(
+            gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
+        ),
+        beta_1=beta_1,
+        beta_2=beta_2,
+        epsilon=epsilon,
+        no_decay_names=NO_DECAY_NAMES,
+    )
+
+
 def create_adamw(
     learning_rate,
     total_steps,
@@ -66,29 +168,23 @@ def create_adamw(
     beta_1=0.9,
     beta_2=0.999,
     epsilon=1e-6,
+    global_clipnorm=None,
+    gradient_accumulation_steps=1,
 ):
-    """Returns BERT's `keras.optimizers.AdamW` with a `WarmupLinearDecay` schedule.
+    """`create_optimizer("adamw", ...)`, without clipping unless `global_clipnorm` is given.
 
-    LayerNorm scales/offsets and all biases are excluded from weight decay, as
-    in google-research/bert. Gradient clipping is left off: Keras 3 clips
-    each replica's gradients before the cross-replica sum, which would make
-    results depend on the number of replicas.
-
-    Args:
-        learning_rate: float, peak learning rate.
-        total_steps: int, number of optimizer steps of the whole run.
-        warmup_steps: int, defaults to 10% of `total_steps`.
-        weight_decay: float, decoupled weight decay (Loshchilov & Hutter 2019).
-        beta_1, beta_2, epsilon: Adam parameters (BERT: 0.9, 0.999, 1e-6).
+    Kept for existing callers (fine-tuning, benchmarks); its arguments are
+    `create_optimizer`'s.
     """
-    if warmup_steps is None:
-        warmup_steps = max(1, total_steps // 10)
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupLinearDecay(learning_rate, warmup_steps, total_steps),
+    return create_optimizer(
+        "adamw",
+        learning_rate,
+        total_steps,
+        warmup_steps=warmup_steps,
         weight_decay=weight_decay,
+        global_clipnorm=global_clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
         beta_1=beta_1,
         beta_2=beta_2,
         epsilon=epsilon,
     )
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
-    return optimizer
