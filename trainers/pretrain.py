@@ -5,7 +5,7 @@ from the newest checkpoint in `--model_dir`, at the same place in the data.
 The run's settings are saved in MODEL_DIR/pretrain_config.json; a rerun that
 changes one of them (model: --preset, --bert_config_file; vocabulary:
 --vocab_file, --vocab_size, --lowercase; data: --corpus and its files' bytes,
---sequence_length, --global_batch_size, --max_predictions_per_seq,
+or --input_files and their names and sizes, --sequence_length, --global_batch_size, --max_predictions_per_seq,
 --masked_lm_prob, --dupe_factor, --seed; optimizer: --learning_rate,
 --warmup_steps, --weight_decay, --mixed_precision) is refused with every
 change listed, and nothing in the folder changes. Free to change on resume:
@@ -17,6 +17,13 @@ default warmup follow the new total), --checkpoint_every, --strategy,
 Example (2 logical CPUs, MirroredStrategy, the offline default corpus):
   python -m trainers.pretrain --model_dir=runs/demo --strategy=mirrored \
       --num_cpu_devices=2 --train_steps=300
+Example (pretraining TFRecords, streamed; from trainers/create_pretraining_data.py,
+or google-research/bert's and tf-models-official's create_pretraining_data):
+  python -m trainers.pretrain --model_dir=runs/wiki --input_files='data/wiki.tfrecord-*' \
+      --vocab_file=data/vocab.txt --sequence_length=128 --max_predictions_per_seq=20
+The records hold their masks and pairs, so --masked_lm_prob and --dupe_factor
+do not apply; their lengths must equal --sequence_length and
+--max_predictions_per_seq (checked at start, one error line otherwise).
 Outputs in --model_dir: pretrain_config.json, vocab.txt, bert_config.json,
 tokenizer_config.json, ckpt-* checkpoints, logs/ (TensorBoard), history.csv,
 summary.json (the whole run: steps, seconds summed over sessions; rewritten at
@@ -49,6 +56,7 @@ flags.DEFINE_string("vocab_file", None, "vocab.txt; default: learn one from the 
 flags.DEFINE_integer("vocab_size", 8000, "Target size when learning a vocabulary.", lower_bound=6)
 flags.DEFINE_bool("lowercase", None, "Uncased tokenization (default: the casing of --vocab_file, from the tokenizer_config.json beside it or inferred from its tokens; True for a learned vocabulary).")
 flags.DEFINE_list("corpus", None, "Corpus files/globs; default: CPython's pydoc topics.")
+flags.DEFINE_list("input_files", None, "Pretraining TFRecords (files/globs) instead of --corpus; needs --vocab_file.")
 flags.DEFINE_list("eval_corpus", None, "Held-out corpus for the final masked-LM accuracy.")
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy (may change on resume).")
@@ -107,6 +115,11 @@ def _check_flags():
         )
     if os.path.exists(FLAGS.model_dir) and not os.path.isdir(FLAGS.model_dir):
         raise RunError(f"--model_dir={FLAGS.model_dir} is a file, not a folder.")
+    if FLAGS.input_files and FLAGS.corpus:
+        raise RunError("--input_files and --corpus exclude each other: train from one.")
+    if FLAGS.input_files and not FLAGS.vocab_file:
+        raise RunError("--input_files needs --vocab_file, the vocabulary the records were "
+                       "written with.")
 
 
 def _read_corpus(name, patterns):
@@ -132,6 +145,28 @@ def _read_corpus(name, patterns):
             "pairs need at least 2 (separate documents with blank lines)."
         )
     return files, documents
+
+
+def _record_files(vocab_size):
+    """--input_files, checked against --sequence_length, --max_predictions_per_seq and the vocabulary.
+
+    Returns:
+        list of str, the TFRecord files.
+
+    Raises:
+        RunError: no match, a folder, a file that is not TFRecord, or a first
+            record whose lengths (feature and both lengths named) or ids do not fit.
+    """
+    from kbert.data import tfrecords
+    from kbert.training.runs import RunError
+
+    try:
+        files = tfrecords.tfrecord_files(FLAGS.input_files)
+        tfrecords.check_pretraining_records(
+            files, FLAGS.sequence_length, FLAGS.max_predictions_per_seq, vocab_size)
+    except (OSError, ValueError) as e:
+        raise RunError(f"--input_files: {e}") from e
+    return files
 
 
 def _lowercase(own_vocab):
@@ -195,8 +230,9 @@ def _plan(model_dir):
 
     Returns:
         dict: `config` (BertConfig), `data_config`, `corpus_files` (None:
-        the default corpus), `documents`, `tokens`, `learned_vocab`,
-        `settings` (the run's pretrain_config.json), `reached_step`.
+        the default corpus or records), `record_files` (--input_files, or
+        None), `documents`, `tokens`, `learned_vocab`, `settings` (the run's
+        pretrain_config.json), `reached_step`.
 
     Raises:
         RunError: any problem, in one line naming the flag or file and the
@@ -229,7 +265,9 @@ def _plan(model_dir):
     except ValueError as e:
         raise runs.RunError(f"--{e}") from e  # names the flag, its value and the limit
 
-    if FLAGS.corpus:
+    if FLAGS.input_files:  # the records are checked once the vocabulary is known
+        files, documents, corpus_record, corpus_digest = None, None, None, None
+    elif FLAGS.corpus:
         files, documents = _read_corpus("corpus", FLAGS.corpus)
         corpus_record = [os.path.abspath(f) for f in files]
         corpus_digest = runs.files_digest(files)
@@ -260,6 +298,7 @@ def _plan(model_dir):
             f"--bert_config_file={FLAGS.bert_config_file} has vocab_size={config.vocab_size} "
             f"but the vocabulary has {len(tokens)} tokens."
         )
+    record_files = _record_files(len(tokens)) if FLAGS.input_files else None
     settings = {
         "preset": None if FLAGS.bert_config_file else FLAGS.preset,
         **{f"bert_config.{k}": v for k, v in config.to_dict().items()},
@@ -269,6 +308,7 @@ def _plan(model_dir):
         "corpus": corpus_record,
         "corpus_sha256": corpus_digest,
         **dataclasses.asdict(data_config),
+        **(_record_settings(record_files) if record_files else {}),
         "global_batch_size": FLAGS.global_batch_size,
         "learning_rate": FLAGS.learning_rate,
         "warmup_steps": FLAGS.warmup_steps,
@@ -282,8 +322,22 @@ def _plan(model_dir):
         )
     return {
         "config": config, "data_config": data_config, "corpus_files": files,
-        "documents": documents, "tokens": tokens, "learned_vocab": learned,
+        "record_files": record_files, "documents": documents, "tokens": tokens, "learned_vocab": learned,
         "settings": settings, "reached_step": reached_step,
+    }
+
+
+def _record_settings(files):
+    """The settings of a run on TFRecords: the files' names and a digest of names and sizes
+    (`kbert.data.tfrecords.tfrecord_files_digest`; contents are not hashed, they may be
+    terabytes). Masking and pairing settings were fixed when the records were written."""
+    from kbert.data import tfrecords
+
+    return {
+        "input_files": [f if "://" in f else os.path.abspath(f) for f in files],
+        "input_files_digest": tfrecords.tfrecord_files_digest(files),
+        **{name: None for name in ("masked_lm_prob", "mask_token_rate", "random_token_rate",
+                                   "next_sentence_prob", "short_seq_prob", "dupe_factor")},
     }
 
 
@@ -291,7 +345,7 @@ def _write_run_files(model_dir, plan):
     """Creates --model_dir and writes what the run reads: settings, vocabulary, config, corpus.
 
     Returns:
-        list of str, the corpus files to train on.
+        list of str, the corpus files to train on (None for --input_files).
     """
     from kbert import text
     from kbert.checkpoints import tokenizer_files
@@ -308,9 +362,17 @@ def _write_run_files(model_dir, plan):
               f"{FLAGS.vocab_size}) from {plan['corpus_files'] or 'the default corpus'}.", flush=True)
     tokenizer_files.write_tokenizer_files(model_dir, vocab_path, plan["settings"]["do_lower_case"])
     plan["config"].to_json_file(os.path.join(model_dir, "bert_config.json"))
-    if plan["corpus_files"]:
+    if plan["corpus_files"] or plan["record_files"]:
         return plan["corpus_files"]
     return [corpus.write_default_corpus(os.path.join(model_dir, "default_corpus.txt"))]
+
+
+def _num_workers(strategy):
+    """Workers of a multi-worker strategy (from its cluster resolver's `worker` and `chief`
+    tasks), else 1: the reader shards by file only with at least that many files."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(spec.get(job, ())) for job in ("chief", "worker")))
 
 
 def main(argv):
@@ -386,10 +448,18 @@ def main(argv):
     for first_step, initial_epoch, epochs, steps in pretraining.fit_intervals(
         start_step, FLAGS.train_steps, FLAGS.checkpoint_every
     ):
-        dataset = data.build_pretraining_dataset(
-            corpus, tokenizer, plan["data_config"], FLAGS.global_batch_size,
-            skip_batches=first_step,
-        ).map(data.split_features_for_fit)
+        if plan["record_files"]:
+            dataset = data.pretraining_tfrecord_dataset(
+                plan["record_files"], FLAGS.global_batch_size, FLAGS.sequence_length,
+                FLAGS.max_predictions_per_seq, seed=FLAGS.seed, skip_batches=first_step,
+                num_workers=_num_workers(strategy),
+            )
+        else:
+            dataset = data.build_pretraining_dataset(
+                corpus, tokenizer, plan["data_config"], FLAGS.global_batch_size,
+                skip_batches=first_step,
+            )
+        dataset = dataset.map(data.split_features_for_fit)
         model.fit(
             dataset,
             initial_epoch=initial_epoch,

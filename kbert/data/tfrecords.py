@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import re
 import time
 
 import numpy as np
@@ -368,7 +369,7 @@ def tfrecord_files(file_patterns):
 
 
 def check_pretraining_records(files, sequence_length, max_predictions_per_seq, vocab_size=None,
-                              compression_type=""):
+                              compression_type=None):
     """Reads the first record of each file and checks it against the expected lengths.
 
     So a mismatch fails when a pipeline is built, naming the file, the
@@ -379,7 +380,7 @@ def check_pretraining_records(files, sequence_length, max_predictions_per_seq, v
         sequence_length: int, expected `input_ids`/`input_mask`/`segment_ids` length.
         max_predictions_per_seq: int, expected `masked_lm_*` length.
         vocab_size: optional int; the first record's ids must be below it.
-        compression_type: "" or "GZIP".
+        compression_type: "" or "GZIP"; None: that of the first file.
 
     Returns:
         dict, the record names to read (`RECORD_NAMES` or `V2_RECORD_NAMES`).
@@ -392,6 +393,8 @@ def check_pretraining_records(files, sequence_length, max_predictions_per_seq, v
             no records at all.
     """
     names, empty = None, 0
+    if compression_type is None and files:
+        compression_type = "GZIP" if _is_gzip(files[0]) else ""
     for path in files:
         record = _first_record(path, compression_type)
         if record is None:
@@ -453,13 +456,21 @@ def _first_record(path, compression_type):
         for record in tf.data.TFRecordDataset(path, compression_type=compression_type).take(1):
             return record.numpy()
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            gzip = f.read(2) == b"\x1f\x8b"
-        hint = " It is gzip-compressed: pass compression_type='GZIP'." if gzip and not \
-            compression_type else ""
-        message = e.message.splitlines()[0] if e.message else type(e).__name__
+        gzip = _is_gzip(path)
+        hint = ""
+        if gzip != (compression_type == "GZIP"):
+            hint = f" It is {'' if gzip else 'not '}gzip-compressed, unlike the first file."
+        # "{{function_node ...}} corrupted record at 0 [Op:IteratorGetNext] ..." -> the middle.
+        message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", (e.message or "").splitlines()[0])
+        message = message or type(e).__name__
         raise ValueError(f"{path} is not a TFRecord file ({message}).{hint}") from None
     return None
+
+
+def _is_gzip(path):
+    """True when a file starts with gzip's magic bytes."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def unmask(features):
@@ -499,7 +510,7 @@ def pretraining_tfrecord_dataset(
     num_workers=1,
     cycle_length=None,
     vocab_size=None,
-    compression_type="",
+    compression_type=None,
 ):
     """BERT pretraining TFRecords -> batched kbert features for `model.fit`, streamed.
 
@@ -522,7 +533,9 @@ def pretraining_tfrecord_dataset(
 
     Resuming: the stream depends only on the files, `seed` and the batch
     size, so `skip_batches=n` continues where a run that consumed n batches
-    stopped (the skipped records are read but not parsed).
+    stopped (the skipped records are read but not parsed; with a `masker`
+    they are also parsed and masked, which keeps the masker's random
+    stream in step).
 
     Args:
         file_patterns: str (comma-separated) or list of str, TFRecord files or globs.
@@ -537,13 +550,15 @@ def pretraining_tfrecord_dataset(
         skip_batches: int, batches to skip (resume).
         input_context: optional `tf.distribute.InputContext`.
         masker: optional `kbert.data.MaskedLMMasker` built for these lengths;
-            given, every batch is unmasked (`unmask`) and masked again,
-            keyed by its position in the stream (dynamic masking; records
-            written with `masked_lm_prob=0` are simply masked).
+            given, every batch is unmasked (`unmask`) and masked again
+            (dynamic masking; records written with `masked_lm_prob=0` are
+            simply masked), keyed by `masker.config.seed` and a hash of the
+            batch's records, so a reshuffled epoch gets new masks.
         num_workers: int, workers that will shard this dataset (see above).
         cycle_length: int, files read at once (default min(files, 16)).
         vocab_size: optional int, checked against the first records' ids.
-        compression_type: "" or "GZIP".
+        compression_type: "" or "GZIP"; None (default): "GZIP" when the first
+            file is gzip-compressed (google-research/bert's `--gzip_compress`).
 
     Returns:
         `tf.data.Dataset` of dicts of `FEATURE_NAMES`: int32 `token_ids`,
@@ -571,6 +586,8 @@ def pretraining_tfrecord_dataset(
             f"have {sequence_length}, {max_predictions_per_seq}."
         )
     files = tfrecord_files(file_patterns)
+    if compression_type is None:
+        compression_type = "GZIP" if _is_gzip(files[0]) else ""
     names = check_pretraining_records(
         files, sequence_length, max_predictions_per_seq, vocab_size, compression_type)
     if drop_remainder is None:
@@ -600,7 +617,7 @@ def pretraining_tfrecord_dataset(
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    if skip_batches:
+    if skip_batches and masker is None:
         dataset = dataset.skip(skip_batches * batch_size)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
@@ -611,7 +628,7 @@ def pretraining_tfrecord_dataset(
         dtype = tf.float32 if name in _FLOAT_FEATURES else tf.int64
         spec[record_name] = tf.io.FixedLenFeature([length], dtype)
 
-    def parse(batch_index, serialized):
+    def parse(serialized):
         records = tf.io.parse_example(serialized, spec)
         features = {
             name: tf.cast(records[record_name],
@@ -624,14 +641,19 @@ def pretraining_tfrecord_dataset(
         tf.random.set_seed(masker.config.seed)  # see `pack_and_mask_batches`
         packed = {name: features[name] for name in ("segment_ids", "padding_mask")}
         packed["token_ids"] = unmask(features)
-        remasked = masker(packed, batch_index)
+        # The batch's records key its masks: a position counter (`enumerate`,
+        # `scan`) would be a source that FILE auto-sharding refuses.
+        key = tf.strings.to_hash_bucket_fast(tf.strings.reduce_join(serialized), 1 << 62)
+        remasked = masker(packed, key)
         remasked["next_sentence_labels"] = features["next_sentence_labels"]
         return remasked
 
-    dataset = dataset.enumerate(skip_batches).map(
-        parse, num_parallel_calls=None if masker is not None else tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    if masker is None:
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = dataset.map(parse)  # in order: the masker may draw stateful random numbers
+        if skip_batches:
+            dataset = dataset.skip(skip_batches)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = (
