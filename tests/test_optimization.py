@@ -11,9 +11,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kbert.training import Lamb, create_optimizer
+from kbert.checkpoints import read_model
+from kbert.data import split_features_for_fit
+from kbert.models import BertEncoder, BertPretrainer
+from kbert.training import (
+    CheckpointCallback,
+    Lamb,
+    LossScaleOptimizer,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    TrainingCheckpoint,
+    check_static_shapes,
+    compile_pretrainer,
+    create_optimizer,
+    init_from_checkpoint,
+)
 from kbert.training.gradients import global_norm
 from kbert.training.optimization import SGD, AdamW
+from tests.numpy_bert import randomize
 
 VOCAB, WIDTH = 5, 4
 NO_DECAY = ("gamma", "beta", "bias")
@@ -231,3 +246,257 @@ def test_accumulation_on_two_replicas_equals_the_big_batch():
     # (which Keras would hand the schedule) counts micro-batches.
     assert int(optimizer.iterations.numpy()) == 2
     assert int(optimizer._iterations.numpy()) == 4
+
+
+def test_loss_scaling_unscales_before_clipping_and_skips_an_overflow_on_any_replica():
+    weights = _variables()
+    micro = [_replica_gradients(seed) for seed in (10, 11)]
+    scale = 1024.0
+    scaled = [[{k: (v * scale if k != "ids" else v) for k, v in r.items()} for r in pair]
+              for pair in micro]
+    mean = {k: (_global(micro[0])[k] + _global(micro[1])[k]) / 2 for k in weights}
+    expected = _numpy_sgd(weights, _clip(mean, clip_norm=1.0)[0], lr=0.1, wd=0.1)
+    with _mirrored().scope():
+        optimizer = LossScaleOptimizer(
+            SGD(learning_rate=0.1, weight_decay=0.1, global_clipnorm=1.0,
+                gradient_accumulation_steps=2, no_decay_names=NO_DECAY),
+            initial_scale=scale)
+    two, optimizer = _run_steps(_mirrored(), optimizer, weights, scaled)
+    _assert_close(two, expected, 1e-6)
+    # Only the second replica overflows: Keras' LossScaleOptimizer asks the first replica
+    # alone and applies the step (NaN weights); kbert's skips it and halves the scale.
+    overflow = _replica_gradients(0)
+    overflow[1]["kernel"][0, 0] = np.inf
+    for make in (LossScaleOptimizer, keras.optimizers.LossScaleOptimizer):
+        with _mirrored().scope():
+            optimizer = make(SGD(learning_rate=0.1), initial_scale=2.0)
+        after, optimizer = _run_steps(_mirrored(), optimizer, weights, [overflow])
+        skipped = all(np.array_equal(after[k], weights[k].astype("float32")) for k in weights)
+        assert skipped == (make is LossScaleOptimizer), make
+        if skipped:
+            assert float(optimizer.dynamic_scale.numpy()) == 1.0
+            assert int(optimizer.iterations.numpy()) == 0
+
+
+# --- a tiny BERT pretrainer trained with `fit` ------------------------------------------------
+
+TINY = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 16, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}
+
+
+def _pretraining_batch(examples, seed):
+    """Token ids from 4 values (every id repeats), 3 of 5 masked slots weighted per example:
+    every micro-batch of equally many examples then holds equally many masked tokens, the
+    condition for the mean of micro-batch token means to equal the big batch's mean."""
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((examples, 5), "float32")
+    for row in weights:
+        row[rng.choice(5, 3, replace=False)] = 1.0
+    return {
+        "token_ids": rng.integers(5, 9, (examples, 12)).astype("int32"),
+        "segment_ids": np.repeat([[0] * 6 + [1] * 6], examples, 0).astype("int32"),
+        "padding_mask": np.ones((examples, 12), "int32"),
+        "masked_lm_positions": rng.integers(1, 11, (examples, 5)).astype("int32"),
+        "masked_lm_ids": rng.integers(5, 40, (examples, 5)).astype("int32"),
+        "masked_lm_weights": weights,
+        "next_sentence_labels": rng.integers(0, 2, (examples,)).astype("int32"),
+    }
+
+
+def _split(batch, parts):
+    size = len(batch["token_ids"]) // parts
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+
+
+def _dataset(batches):
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    return tf.data.Dataset.from_tensor_slices(stacked).map(split_features_for_fit)
+
+
+_INITIAL = {}
+
+
+def _initial_weights(dtype="float32"):
+    if dtype not in _INITIAL:
+        model = BertPretrainer(BertEncoder(**TINY, dtype=dtype))
+        randomize(model, seed=4, scale=0.3)
+        _INITIAL[dtype] = model.get_weights()
+    return _INITIAL[dtype]
+
+
+def _fit(make_optimizer, batches, strategy=None, eager=True, dtype="float32", **compile_args):
+    """Trains a fresh tiny pretrainer (fixed initial weights) on `batches`, one per step."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = BertPretrainer(BertEncoder(**TINY, dtype=dtype))
+        model.set_weights(_initial_weights())
+        optimizer = compile_pretrainer(model, make_optimizer(), **compile_args)
+    model.run_eagerly = eager
+    model.fit(_dataset(batches), epochs=1, verbose=0, shuffle=False)
+    return [np.asarray(w) for w in model.get_weights()], optimizer
+
+
+def _gradient_norm(batch):
+    model = BertPretrainer(BertEncoder(**TINY))
+    model.set_weights(_initial_weights())
+    compile_pretrainer(model, keras.optimizers.SGD())
+    x, y, sample_weight = split_features_for_fit(batch)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x, y, model(x), sample_weight)
+    return float(global_norm(tape.gradient(loss, model.trainable_variables)))
+
+
+def _largest_difference(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def _moved(weights):
+    return _largest_difference(weights, _initial_weights())
+
+
+OPTIMIZER_RECIPES = {
+    "sgd": lambda steps: SGD(learning_rate=0.5, weight_decay=0.1, global_clipnorm=0.2,
+                             gradient_accumulation_steps=steps, no_decay_names=NO_DECAY),
+    "adamw": lambda steps: create_optimizer("adamw", 1e-4, total_steps=4, warmup_steps=0,
+                                            weight_decay=0.1, global_clipnorm=0.2,
+                                            gradient_accumulation_steps=steps or 1),
+    "lamb": lambda steps: create_optimizer("lamb", 1e-4, total_steps=4, warmup_steps=0,
+                                           weight_decay=0.1, global_clipnorm=0.2,
+                                           gradient_accumulation_steps=steps or 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_RECIPES))
+def test_four_micro_batches_equal_one_big_batch(name):
+    big = [_pretraining_batch(8, seed) for seed in (20, 21)]
+    assert _gradient_norm(big[0]) > 0.2 * 2  # clipping is active
+    make = OPTIMIZER_RECIPES[name]
+    reference, _ = _fit(lambda: make(None), big)
+    accumulated, optimizer = _fit(lambda: make(4), [m for b in big for m in _split(b, 4)])
+    assert _moved(reference) > 1e-4
+    assert _largest_difference(accumulated, reference) < 1e-6
+    assert int(optimizer.iterations.numpy()) == 2  # applied updates, not micro-batches
+
+
+def test_two_replicas_with_accumulation_in_fit_equal_the_big_batch():
+    # Graph mode (as in training): MirroredStrategy, 2 micro-batches per update; the
+    # reference is one replica, one big batch per step, eager.
+    big = [_pretraining_batch(8, seed) for seed in (30, 31)]
+    make = OPTIMIZER_RECIPES["adamw"]
+    reference, _ = _fit(lambda: make(None), big)
+    mirrored, optimizer = _fit(lambda: make(2), [m for b in big for m in _split(b, 2)],
+                               strategy=_mirrored(), eager=False)
+    assert _largest_difference(mirrored, reference) < 1e-6
+    assert int(optimizer.iterations.numpy()) == 2
+    with _mirrored().scope(), pytest.raises(ValueError, match="keras-team/keras#19246"):
+        compile_pretrainer(BertPretrainer(BertEncoder(**TINY)), make(None), steps_per_execution=2)
+
+
+def test_mixed_float16_scales_the_loss_and_clips_the_unscaled_gradient():
+    batch = _pretraining_batch(8, 40)
+    make = lambda: SGD(learning_rate=0.5, global_clipnorm=0.2)
+    full, _ = _fit(make, [batch])
+    half, optimizer = _fit(make, [batch], dtype="mixed_float16")
+    assert isinstance(optimizer, LossScaleOptimizer)
+    assert int(optimizer.iterations.numpy()) == 1  # applied, not skipped
+    # The clipped update has norm lr * 0.2 = 0.1 either way; clipping the scaled gradient
+    # would shrink it by the loss scale (2**15).
+    full_update = [w - i for w, i in zip(full, _initial_weights())]
+    half_update = [w - i for w, i in zip(half, _initial_weights())]
+    np.testing.assert_allclose(np.sqrt(sum((u**2).sum() for u in half_update)), 0.1, rtol=1e-3)
+    assert _largest_difference(half_update, full_update) < 0.02 * max(
+        float(np.abs(u).max()) for u in full_update)
+
+
+def test_mixed_float16_skips_an_overflowing_step():
+    model = BertPretrainer(BertEncoder(**TINY, dtype="mixed_float16"))
+    model.set_weights(_initial_weights())
+    optimizer = compile_pretrainer(model, SGD(learning_rate=0.5, global_clipnorm=0.2))
+    model.run_eagerly = True
+    model.fit(_dataset([_pretraining_batch(8, 41)]), verbose=0)
+    optimizer.dynamic_scale.assign(2.0**60)  # the float16 backward pass overflows
+    before = [np.asarray(w) for w in model.get_weights()]
+    model.fit(_dataset([_pretraining_batch(8, 42)]), verbose=0)
+    assert _largest_difference([np.asarray(w) for w in model.get_weights()], before) == 0.0
+    assert int(optimizer.iterations.numpy()) == 1
+    assert float(optimizer.dynamic_scale.numpy()) == 2.0**59
+
+
+def test_xla_with_steps_per_execution_and_accumulation_matches_eager():
+    big = [_pretraining_batch(8, seed) for seed in (50, 51)]
+    micro = [m for b in big for m in _split(b, 2)]
+    shapes = check_static_shapes(_dataset(micro), batch_size=4)
+    assert shapes["x/token_ids"] == (4, 12)
+    make = OPTIMIZER_RECIPES["adamw"]
+    eager, _ = _fit(lambda: make(None), big)
+    xla, optimizer = _fit(lambda: make(2), micro, eager=False, jit_compile=True,
+                          steps_per_execution=2)
+    assert int(optimizer.iterations.numpy()) == 2
+    assert _largest_difference(xla, eager) < 1e-6
+
+
+def test_static_shapes_name_the_feature_and_the_fix():
+    batch = _pretraining_batch(5, 52)
+    ragged_batches = tf.data.Dataset.from_tensor_slices(batch).batch(2).map(split_features_for_fit)
+    with pytest.raises(ValueError, match=r"x/token_ids has shape \(None, 12\): unknown batch "
+                                         r"size, batch with drop_remainder=True"):
+        check_static_shapes(ragged_batches)
+    fixed = tf.data.Dataset.from_tensor_slices(batch).batch(2, drop_remainder=True)
+    assert check_static_shapes(fixed)["token_ids"] == (2, 12)
+    with pytest.raises(ValueError, match="token_ids has batch size 2, not 4"):
+        check_static_shapes(fixed, batch_size=4)
+    padded = tf.data.Dataset.from_tensor_slices(batch).map(lambda f: f["token_ids"]).map(
+        lambda ids: ids[: tf.reduce_sum(ids) % 12 + 1]).batch(2, drop_remainder=True)
+    with pytest.raises(ValueError, match=r"element has shape \(2, None\): pad dimension 1"):
+        check_static_shapes(padded)
+
+
+def _guarded_fit(tmp_path, batches, learning_rate, guard):
+    model = BertPretrainer(BertEncoder(**TINY))
+    model.set_weights(_initial_weights())
+    optimizer = compile_pretrainer(model, SGD(learning_rate=learning_rate))
+    model.run_eagerly = True
+    checkpoint = TrainingCheckpoint(model, optimizer, str(tmp_path), max_to_keep=10)
+    with pytest.raises(NonFiniteLossError) as raised:
+        model.fit(_dataset(batches), verbose=0, shuffle=False,
+                  callbacks=[guard, CheckpointCallback(checkpoint, every_n_steps=1)])
+    saved = sorted(int(path.rsplit("-", 1)[1]) for path in checkpoint.manager.checkpoints)
+    return str(raised.value), saved
+
+
+def test_a_nan_loss_stops_the_run_before_its_checkpoint(tmp_path):
+    batches = [_pretraining_batch(4, seed) for seed in range(60, 65)]
+    batches[2]["masked_lm_weights"][1, :] = np.nan  # a poisoned third batch
+    message, saved = _guarded_fit(tmp_path / "nan", batches, 0.1, NonFiniteGuard())
+    assert "Non-finite training loss at step 3 (batch 2 of the epoch)" in message
+    assert saved == [1, 2]
+    # A finite loss whose update overflows the weights: caught before their checkpoint.
+    message, saved = _guarded_fit(tmp_path / "inf", batches[:2], float("inf"),
+                                  NonFiniteGuard(check_weights_every=1))
+    assert message.startswith("Non-finite weights at step 1:")
+    assert saved == []
+
+
+def test_phase_two_starts_from_the_phase_one_weights(tmp_path):
+    phase_one = BertPretrainer(BertEncoder(**TINY))
+    randomize(phase_one, seed=6, scale=0.2)
+    phase_one.encoder.bert_config.to_json_file(str(tmp_path / "bert_config.json"))
+    prefix = TrainingCheckpoint(phase_one, SGD(learning_rate=0.1), str(tmp_path)).save()
+    phase_one.save(str(tmp_path / "pretrainer.keras"))
+    expected = read_model(phase_one)
+    for source in (prefix, str(tmp_path)):
+        phase_two = BertPretrainer(BertEncoder(**{**TINY, "max_position_embeddings": 32}))
+        initial = read_model(phase_two)
+        init_from_checkpoint(phase_two, source)
+        loaded = read_model(phase_two)
+        for name, value in expected.items():
+            if name == "bert/embeddings/position_embeddings":
+                np.testing.assert_array_equal(loaded[name][:16], value)
+                np.testing.assert_array_equal(loaded[name][16:], initial[name][16:])
+            else:
+                np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+    shorter = BertPretrainer(BertEncoder(**{**TINY, "max_position_embeddings": 8}))
+    with pytest.raises(ValueError, match="has 16 position embeddings but the model only "
+                                         "max_position_embeddings=8"):
+        init_from_checkpoint(shorter, prefix)

@@ -11,8 +11,14 @@ from kbert.training.finetuning import (
 )
 from kbert.training.gradients import (
     GlobalBatchMixin,
+    LossScaleOptimizer,
     accumulation_pending,
     clip_by_global_norm,
+)
+from kbert.training.guards import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    check_static_shapes,
 )
 from kbert.training.lamb import Lamb
 from kbert.training.losses import MaskedLMLoss
@@ -23,7 +29,11 @@ from kbert.training.optimization import (
     create_adamw,
     create_optimizer,
 )
-from kbert.training.pretraining import compile_pretrainer, evaluate_masked_lm
+from kbert.training.pretraining import (
+    compile_pretrainer,
+    evaluate_masked_lm,
+    init_from_checkpoint,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -33,10 +43,14 @@ __all__ = [
     "CheckpointCallback",
     "GlobalBatchMixin",
     "Lamb",
+    "LossScaleOptimizer",
     "MaskedLMLoss",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
     "TrainingCheckpoint",
     "WarmupLinearDecay",
     "accumulation_pending",
+    "check_static_shapes",
     "clip_by_global_norm",
     "compile_for_task",
     "compile_pretrainer",
@@ -47,6 +61,7 @@ __all__ = [
     "evaluate_masked_lm",
     "export_task",
     "fit_epochs",
+    "init_from_checkpoint",
     "split_cpu",
     "train_task",
 ]

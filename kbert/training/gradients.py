@@ -184,14 +184,26 @@ class GlobalBatchMixin:
         # Keras 3.15 accumulates each replica's own gradient and branches with `ops.cond` in
         # the replica context, which MirroredStrategy refuses (`merge_call` inside a cond).
         # Here the micro-batch gradient is summed over replicas first (so every replica
-        # holds the same accumulator, and a checkpoint holds the whole sum), and the branch
-        # is taken in the cross-replica context, as Keras' LossScaleOptimizer does.
+        # holds the same accumulator, and a checkpoint holds the whole sum); where updates
+        # go through `merge_call` the branch is taken in the cross-replica context, as
+        # Keras' LossScaleOptimizer does.
         grads, _ = zip(*self._sum_over_replicas(list(zip(grads, trainable_variables))))
         accumulators = [
             self._accumulated_gradients[self._get_variable_index(v)] for v in trainable_variables
         ]
         self._backend_increment_gradient_accumulators(list(grads), accumulators)
         is_update_step = (self._iterations + 1) % steps == 0
+
+        def apply_or_not():
+            keras.ops.cond(
+                is_update_step,
+                lambda: self._apply_accumulated(trainable_variables, accumulators),
+                lambda: None,
+            )
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            apply_or_not()  # the default strategy, TPU, multi-worker: updates need no merge_call
+            return
 
         def branch(distribution):
             def apply():
@@ -256,3 +268,33 @@ def accumulation_pending(optimizer):
     inner = unwrap(optimizer)
     steps = inner.gradient_accumulation_steps
     return bool(steps) and int(inner._iterations.numpy()) % steps != 0
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """`keras.optimizers.LossScaleOptimizer` that skips a step when *any* replica overflowed.
+
+    Keras 3.15 (`loss_scale_optimizer.py`, `_tf_apply`) checks each replica's
+    own gradients for inf/NaN and then takes the first replica's answer
+    ("grads is all-reduced", which in Keras 3 it is not yet): when only
+    another replica overflows, the step is applied and the weights become
+    NaN. Here the finite flag is reduced over replicas (one scalar
+    all-reduce), so all replicas skip together and the scale halves.
+    Arguments and behaviour are otherwise Keras': the loss is multiplied by
+    `dynamic_scale`, the gradients divided by it before the inner optimizer
+    sees them (so its clipping and accumulation work on the true gradient),
+    and the scale doubles after `dynamic_growth_steps` finite steps.
+
+    Args:
+        inner_optimizer: the optimizer that updates the weights.
+        initial_scale: float, starting loss scale (Keras: 2**15).
+        dynamic_growth_steps: int, finite steps between doublings.
+    """
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return finite
+        overflowed = tf.cast(tf.logical_not(finite), tf.float32)
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, overflowed) == 0

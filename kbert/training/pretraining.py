@@ -1,4 +1,5 @@
-"""Compiling, scheduling and evaluating a `BertPretrainer`, and the summary of a run."""
+"""Compiling, initialising (BERT's phase 2), scheduling and evaluating a `BertPretrainer`,
+and the summary of a run."""
 
 import collections
 import json
@@ -7,7 +8,9 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from kbert.training.gradients import LossScaleOptimizer
 from kbert.training.losses import MaskedLMLoss
 
 
@@ -16,15 +19,40 @@ def compile_pretrainer(model, optimizer, jit_compile=False, steps_per_execution=
 
     Loss = `MaskedLMLoss` (global-batch token mean) + NSP sparse
     cross-entropy; metrics: masked-LM accuracy weighted by
-    `masked_lm_weights`, NSP accuracy. Call inside the strategy scope.
+    `masked_lm_weights`, NSP accuracy. Under a `mixed_float16` model the
+    optimizer is wrapped in kbert's `LossScaleOptimizer` (Keras' dynamic loss
+    scaling, with the overflow check over all replicas); the inner optimizer
+    clips and accumulates the unscaled gradient. Call inside the strategy
+    scope.
 
     Args:
         model: `BertPretrainer`.
-        optimizer: a Keras optimizer (see `create_adamw`).
+        optimizer: a Keras optimizer (see `create_optimizer`).
         jit_compile: bool, XLA-compile the train step (off by default: it was
             slower on CPU and fails with MirroredStrategy over logical CPUs).
-        steps_per_execution: int, train steps per `tf.function` call.
+            On TPU, also give static shapes (see `check_static_shapes`).
+        steps_per_execution: int >= 1, train steps per `tf.function` call
+            (callbacks then run once per call). Must be 1 under strategies
+            whose updates go through `merge_call` (MirroredStrategy: Keras
+            3.15's multi-step loop fails there, keras-team/keras#19246).
+
+    Raises:
+        ValueError: `steps_per_execution` > 1 under such a strategy.
+
+    Returns:
+        the optimizer `fit` uses (`model.optimizer`).
     """
+    if steps_per_execution > 1 and not tf.__internal__.distribute.strategy_supports_no_merge_call():
+        raise ValueError(
+            f"steps_per_execution={steps_per_execution} fails under "
+            f"{type(tf.distribute.get_strategy()).__name__} with Keras {keras.__version__} "
+            "('You must feed a value for placeholder tensor ...', keras-team/keras#19246: the "
+            "multi-step loop's cond around merge_call); use steps_per_execution=1 there."
+        )
+    if model.dtype_policy.name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        optimizer = LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
         loss={
@@ -44,6 +72,73 @@ def compile_pretrainer(model, optimizer, jit_compile=False, steps_per_execution=
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
+    return model.optimizer
+
+
+POSITIONS = "bert/embeddings/position_embeddings"
+
+
+def init_from_checkpoint(model, source):
+    """Loads a pretraining run's weights into `model` to continue with longer sequences.
+
+    BERT's second phase (Devlin et al. 2019, Appendix A.2; NVIDIA's and
+    google-research/bert's `init_checkpoint`): after most steps at sequence
+    length 128, train at 512 starting from the phase-1 weights, with a new
+    optimizer and schedule. Every weight is copied, strictly (a missing or
+    misshapen one is named); the position table keeps its phase-1 rows, and
+    if `model` has more positions than the source the extra rows keep their
+    initial values (with BERT's 512-row table in both phases, all rows are
+    copied: phase 1 trained rows 0..127, phase 2 trains the rest).
+
+    Args:
+        model: a `BertPretrainer` (the phase-2 model, built).
+        source: the phase-1 run: its folder or `pretrainer.keras` (see
+            `kbert.checkpoints.load`), or a `TrainingCheckpoint` prefix
+            (`<run>/ckpt-N`, with the run's `bert_config.json` beside it).
+
+    Returns:
+        the source's `BertConfig`.
+
+    Raises:
+        ValueError: the source has more positions than `model` (both named).
+        kbert.checkpoints.CheckpointMismatchError: other weights that do not
+            match (all named), or a source without pretraining heads.
+        FileNotFoundError: no checkpoint at `source`.
+    """
+    from kbert.checkpoints import canonical, read_canonical
+
+    if tf.io.gfile.exists(f"{source}.index"):
+        weights, config = _read_training_checkpoint(source)
+    else:
+        weights, config = read_canonical(source, pretraining=True)
+    rows = model.encoder.bert_config.max_position_embeddings
+    if POSITIONS in weights and len(weights[POSITIONS]) != rows:
+        source_rows = len(weights[POSITIONS])
+        if source_rows > rows:
+            raise ValueError(
+                f"{source} has {source_rows} position embeddings but the model only "
+                f"max_position_embeddings={rows}; give the model at least {source_rows}."
+            )
+        table = np.array(model.encoder.embeddings.position_embedding.embeddings.numpy())
+        table[:source_rows] = weights[POSITIONS]
+        weights = {**weights, POSITIONS: table}
+    canonical.assign_model(model, weights)
+    return config
+
+
+def _read_training_checkpoint(prefix):
+    """Canonical weights and config of a `TrainingCheckpoint` (model only, no optimizer)."""
+    from kbert.checkpoints import canonical
+    from kbert.models import BertConfig, BertEncoder, BertPretrainer
+
+    config_path = os.path.join(os.path.dirname(prefix), "bert_config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{prefix} is a training checkpoint but {config_path} is missing.")
+    config = BertConfig.from_json_file(config_path)
+    model = BertPretrainer(BertEncoder.from_bert_config(config))
+    status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    status.assert_existing_objects_matched()
+    return canonical.read_model(model), config
 
 
 def evaluate_masked_lm(model, dataset, max_batches=None):
