@@ -31,12 +31,15 @@ def create_strategy(name="default", tpu_address=None):
         name: one of `STRATEGIES`: "default" (no distribution), "one_device"
             (first GPU, else CPU), "mirrored" (all local GPUs, else all
             logical CPUs; see `split_cpu`), "multi_worker"
-            (`MultiWorkerMirroredStrategy` configured by `TF_CONFIG`; create
-            it before any other TF op), "tpu" (`TPUStrategy`).
+            (`MultiWorkerMirroredStrategy` configured by `TF_CONFIG`, with
+            Keras' multi-worker `fit` fixed; create it before any other TF
+            op: see `kbert.training.multi_worker`), "tpu" (`TPUStrategy`).
         tpu_address: str, TPU name or grpc address for "tpu" ("" = local).
 
     Raises:
-        ValueError: unknown name (lists the known ones).
+        ValueError: unknown name (lists the known ones); a malformed
+            `TF_CONFIG` for "multi_worker" (the key named).
+        RuntimeError: "multi_worker" after TensorFlow was initialised.
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -49,7 +52,9 @@ def create_strategy(name="default", tpu_address=None):
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        from kbert.training.multi_worker import create_multi_worker_strategy
+
+        return create_multi_worker_strategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
         tf.config.experimental_connect_to_cluster(resolver)

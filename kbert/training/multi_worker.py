@@ -1,0 +1,463 @@
+"""Multi-worker data parallelism: `MultiWorkerMirroredStrategy` (MWMS) over `TF_CONFIG` workers.
+
+What a multi-worker run needs beyond `strategy.scope()` and `model.fit`:
+
+* `parse_tf_config` reads and checks `TF_CONFIG` (the cluster's `host:port`
+  addresses and this process's task), naming the key of a malformed one.
+* `create_multi_worker_strategy` creates the strategy, which must come before
+  any other TensorFlow op (TF configures its collective ops at startup), and
+  installs `install_keras_fix` where the installed Keras needs it.
+* `shard_for_workers` gives each worker its share of the input: by file
+  (`AutoShardPolicy.FILE`) when the data comes from enough files, by element
+  (`DATA`) otherwise.
+* `WorkerCheckpoint` resumes after a restart. Every worker saves (a save may
+  read variables that need a collective), the chief into the real folder and
+  the others into temporary folders, as TensorFlow's multi-worker guide
+  prescribes (https://www.tensorflow.org/tutorials/distribute/multi_worker_with_keras,
+  "Model saving and loading"); every worker restores from the chief's folder,
+  so the folder must be shared (a network file system, GCS) across hosts.
+
+Faults: when a worker dies, its peers' next collective blocks until
+TensorFlow's coordination service misses the dead task's heartbeats (about
+10 s in TF 2.20); their `fit` then raises `tf.errors.UnavailableError` ("The
+following tasks are unhealthy (stopped sending heartbeats)... Restart your
+program to reset") and the processes exit: a collective group cannot be
+rejoined in-process, so the cluster manager (Kubernetes, Slurm, a TFJob)
+restarts the whole job, and every worker resumes from the chief's newest
+checkpoint. So at most one checkpoint interval of steps is trained again.
+`keras.callbacks.BackupAndRestore` is not used for that: in Keras 3.15 it
+restores at epoch granularity only, and every worker writes the same
+`latest.weights.h5` (no chief/temporary split, a race on a shared folder).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from kbert.training.checkpointing import TrainingCheckpoint
+
+# --- TF_CONFIG ----------------------------------------------------------------------------
+
+TRAINING_JOBS = ("chief", "worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerTask:
+    """This process's place in a multi-worker cluster, from `TF_CONFIG`.
+
+    Attributes:
+        cluster: dict job name -> list of "host:port" addresses.
+        task_type: "chief" or "worker".
+        task_index: int, index into `cluster[task_type]`.
+        num_workers: int, training tasks in the cluster (chief + workers).
+        is_chief: bool, the task that writes run outputs: the "chief" task, or
+            worker 0 when the cluster has no chief (TensorFlow's convention,
+            `tf.distribute` `multi_worker_util.is_chief`).
+    """
+
+    cluster: dict
+    task_type: str
+    task_index: int
+    num_workers: int
+    is_chief: bool
+
+
+def parse_tf_config(text=None):
+    """Parses and checks a `TF_CONFIG` for `MultiWorkerMirroredStrategy`.
+
+    The format TensorFlow reads (`TFConfigClusterResolver`):
+    `{"cluster": {"worker": ["host:port", ...], "chief": [...]}, "task":
+    {"type": "worker", "index": 0}}`.
+
+    Args:
+        text: str, the JSON; default: the `TF_CONFIG` environment variable.
+
+    Returns:
+        `WorkerTask`, or None when `TF_CONFIG` is unset or empty (one
+        worker, no cluster).
+
+    Raises:
+        ValueError: not a JSON object, or a malformed key, named with the
+            value and what is allowed: `cluster` missing or not an object, a
+            job other than "chief"/"worker" (e.g. "ps", which needs
+            `ParameterServerStrategy`), a job's addresses not a non-empty list
+            of "host:port" with a port in 1..65535, an address used twice,
+            more than one chief, `task` missing, `task.type` not a job of the
+            cluster, `task.index` not an int within that job.
+    """
+    if text is None:
+        text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({e}): {text[:200]!r}") from e
+    if not isinstance(config, dict):
+        raise ValueError(  # noqa: TRY004 (a malformed TF_CONFIG is a bad value)
+            f"TF_CONFIG must be a JSON object; received {type(config).__name__}."
+        )
+    cluster = config.get("cluster")
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError(
+            f"TF_CONFIG key 'cluster' must be a non-empty object of job -> addresses; "
+            f"received {cluster!r}."
+        )
+    seen = {}
+    for job, addresses in cluster.items():
+        if job not in TRAINING_JOBS:
+            raise ValueError(
+                f"TF_CONFIG key 'cluster.{job}': MultiWorkerMirroredStrategy runs the jobs "
+                f"{TRAINING_JOBS} only ('ps' tasks need ParameterServerStrategy)."
+            )
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(
+                f"TF_CONFIG key 'cluster.{job}' must be a non-empty list of 'host:port' "
+                f"strings; received {addresses!r}."
+            )
+        for i, address in enumerate(addresses):
+            _check_address(f"cluster.{job}[{i}]", address)
+            if address in seen:
+                raise ValueError(
+                    f"TF_CONFIG key 'cluster.{job}[{i}]': address {address!r} is also "
+                    f"'cluster.{seen[address]}'; every task needs its own port."
+                )
+            seen[address] = f"{job}[{i}]"
+    if len(cluster.get("chief", [])) > 1:
+        raise ValueError(
+            f"TF_CONFIG key 'cluster.chief' lists {len(cluster['chief'])} tasks; at most 1."
+        )
+    task = config.get("task")
+    if not isinstance(task, dict):
+        raise ValueError(  # noqa: TRY004 (a malformed TF_CONFIG is a bad value)
+            f"TF_CONFIG key 'task' must be an object like {{'type': 'worker', 'index': 0}}; "
+            f"received {task!r}."
+        )
+    task_type = task.get("type")
+    if task_type not in cluster:
+        raise ValueError(
+            f"TF_CONFIG key 'task.type'={task_type!r} must be a job of the cluster: "
+            f"{sorted(cluster)}."
+        )
+    index = task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
+        raise ValueError(
+            f"TF_CONFIG key 'task.index'={index!r} must be an int in "
+            f"[0, {len(cluster[task_type])}) for the {len(cluster[task_type])} "
+            f"'{task_type}' address(es)."
+        )
+    is_chief = task_type == "chief" or ("chief" not in cluster and index == 0)
+    return WorkerTask(
+        cluster=cluster,
+        task_type=task_type,
+        task_index=index,
+        num_workers=sum(len(cluster[job]) for job in cluster),
+        is_chief=is_chief,
+    )
+
+
+def _check_address(key, address):
+    """Raises ValueError naming `key` unless `address` is "host:port" with a port in 1..65535."""
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(
+            f"TF_CONFIG key '{key}' must be a 'host:port' string with a port in 1..65535; "
+            f"received {address!r}."
+        )
+
+
+# --- The strategy ------------------------------------------------------------------------
+
+
+def create_multi_worker_strategy(fix_keras=True):
+    """Creates the `MultiWorkerMirroredStrategy` of this process's `TF_CONFIG`.
+
+    Call it first thing in the program, before any other TensorFlow op:
+    building a model or a dataset, creating a tensor, even listing devices
+    initialises TensorFlow, after which collective ops can no longer be set
+    up. Then build and compile the model inside `strategy.scope()`.
+
+    Args:
+        fix_keras: bool, install `install_keras_fix` (it does nothing on a
+            Keras version that does not need it). False only to reproduce
+            the Keras bug.
+
+    Returns:
+        `tf.distribute.MultiWorkerMirroredStrategy`; without `TF_CONFIG` it
+        runs on this machine's devices alone (a warning is logged).
+
+    Raises:
+        ValueError: a malformed `TF_CONFIG` (see `parse_tf_config`).
+        RuntimeError: TensorFlow was initialised before the strategy was
+            created (the message says what to move).
+    """
+    task = parse_tf_config()
+    if task is None:
+        logging.warning("TF_CONFIG is not set: MultiWorkerMirroredStrategy runs on this "
+                        "machine alone.")
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as e:
+        if "must be configured at program startup" not in str(e):
+            raise
+        raise RuntimeError(
+            "MultiWorkerMirroredStrategy must be created before any other TensorFlow op, but "
+            "TensorFlow is already initialised (a tensor, model, dataset or device listing came "
+            "first). Call kbert.training.multi_worker.create_multi_worker_strategy() (or "
+            "create_strategy('multi_worker')) at the start of the program and build everything "
+            f"else after it. TensorFlow said: {e}"
+        ) from e
+    if fix_keras:
+        install_keras_fix()
+    return strategy
+
+
+def barrier(strategy):
+    """Blocks until every worker of `strategy` has called it; returns the number of replicas.
+
+    An all-reduce of one number per replica, e.g. so that workers read a run
+    folder only after the chief has written it. Call it on every worker the
+    same number of times (like every collective).
+
+    Args:
+        strategy: a `tf.distribute.Strategy` (any kind; a single-replica one
+            returns at once).
+    """
+    ones = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(1.0))
+    return int(strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None).numpy())
+
+
+def shard_for_workers(dataset, files=None, num_workers=None):
+    """Sets how `model.fit` under a multi-worker strategy splits `dataset` between workers.
+
+    With `files` (the input files `dataset` reads, e.g. TFRecord shards via
+    `tf.data.Dataset.list_files` + `interleave`), `AutoShardPolicy.FILE`:
+    each worker reads its own files, nothing twice. Without, `DATA`: every
+    worker runs the whole pipeline and keeps every `num_workers`-th batch
+    slice, so for a dataset batched to the global batch size, step `t` of
+    all workers together trains on exactly global batch `t` (each worker
+    gets its `global_batch_size / num_replicas` slice of it).
+
+    Args:
+        dataset: `tf.data.Dataset`, batched to the global batch size.
+        files: optional list of the files `dataset` reads.
+        num_workers: optional int, the cluster's workers (see
+            `WorkerTask.num_workers`), to check there are enough files.
+
+    Returns:
+        `dataset` with `tf.data.Options.experimental_distribute.auto_shard_policy` set.
+
+    Raises:
+        ValueError: fewer `files` than `num_workers` (FILE sharding would
+            leave a worker without data; pass no `files` for DATA sharding,
+            or write more shards).
+    """
+    if files is not None and num_workers is not None and len(files) < num_workers:
+        raise ValueError(
+            f"{len(files)} input file(s) cannot be split by file between {num_workers} workers; "
+            "write at least one file per worker or shard by data (files=None)."
+        )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE
+        if files is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return dataset.with_options(options)
+
+
+# --- The Keras fix -----------------------------------------------------------------------
+
+# Keras versions whose TensorFlow trainer fails under multi-worker MWMS. The
+# bug is open upstream (keras-team/keras#20329, #20585); 3.15.1 is the newest
+# checked. On a newer Keras the fix is not installed: if
+# tests/test_multi_worker.py then shows the bug gone, nothing is to be done;
+# if it shows the bug, raise the bound.
+AFFECTED_KERAS = ((3, 0), (3, 16))  # [from, to)
+FIX_PARTS = ("symbolic_build", "reduce_per_replica")
+_ORIGINALS = {}
+
+
+def keras_needs_fix(version=None):
+    """Whether Keras `version` (default: the installed one) is in `AFFECTED_KERAS`."""
+    parts = (version or keras.version()).split(".")
+    major_minor = tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts[:2])
+    return AFFECTED_KERAS[0] <= major_minor < AFFECTED_KERAS[1]
+
+
+def install_keras_fix(parts=FIX_PARTS):
+    """Makes Keras 3 `model.fit`/`evaluate` work under multi-worker `MultiWorkerMirroredStrategy`.
+
+    Two bugs in `keras/src/backend/tensorflow/trainer.py` (Keras 3.0 to at
+    least 3.15.1; keras-team/keras#20329 and #20585), hit by every
+    multi-worker `fit` (BERT's dict inputs show the first as a dict):
+
+    1. `TensorFlowTrainer._maybe_symbolic_build` takes the first batch and
+       calls `strategy.reduce("MEAN", batch, axis=None)` on the whole
+       `(x, y, sample_weight)` structure; MWMS reduces one tensor at a time
+       and fails with `ValueError: Attempt to convert a value
+       ({'token_ids': PerReplica...}) with an unsupported type (<class
+       'dict'>) to a Tensor`. The build only needs the batch's structure,
+       shapes and dtypes, so the fix builds from this worker's local part
+       of the batch (`strategy.experimental_local_results(v)[0]`): no
+       collective, nothing else changes.
+    2. `reduce_per_replica(..., reduction="auto"/"mean")` reduces each step's
+       scalar logs with `strategy.reduce("MEAN", v, axis=0)` when the strategy
+       spans workers; `axis=0` reduces along a tensor dimension a scalar does
+       not have: `ValueError: Invalid reduction dimension 0 for input with 0
+       dimensions`. The fix reduces with `axis=None`, the mean over replicas,
+       which is what Keras does on one worker (`tf.reduce_mean` over the
+       stacked per-replica values) and what `strategy.reduce` means by it.
+
+    Both are replaced by wrappers that act only when Keras' own multi-worker
+    test (`_collective_all_reduce_multi_worker`) holds and otherwise call the
+    original, so single-worker strategies are untouched. Installed only when
+    `keras_needs_fix()`; idempotent; `uninstall_keras_fix` undoes it.
+
+    Args:
+        parts: the fixes to install, a subset of `FIX_PARTS`
+            ("symbolic_build" for bug 1, "reduce_per_replica" for bug 2).
+
+    Returns:
+        tuple of the parts installed now or before (empty when this Keras
+        does not need the fix).
+
+    Raises:
+        ValueError: an unknown part.
+        RuntimeError: this Keras lacks the functions the fix replaces (the
+            version bound is wrong; the message says so).
+    """
+    unknown = set(parts) - set(FIX_PARTS)
+    if unknown:
+        raise ValueError(f"Unknown fix parts {sorted(unknown)}; use a subset of {FIX_PARTS}.")
+    if not keras_needs_fix():
+        logging.info("Keras %s is outside %s: the multi-worker fix is not installed.",
+                     keras.version(), AFFECTED_KERAS)
+        return ()
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    for owner, name in ((tf_trainer, "_collective_all_reduce_multi_worker"),
+                        (tf_trainer, "reduce_per_replica"),
+                        (tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build")):
+        if not hasattr(owner, name):
+            raise RuntimeError(
+                f"Keras {keras.version()} has no {owner.__name__}.{name}; kbert's multi-worker fix "
+                "does not fit this version. Adjust kbert.training.multi_worker.AFFECTED_KERAS."
+            )
+    multi_worker = tf_trainer._collective_all_reduce_multi_worker
+    if "symbolic_build" in parts and "symbolic_build" not in _ORIGINALS:
+        original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+        _ORIGINALS["symbolic_build"] = original_build
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            strategy = self.distribute_strategy
+            if iterator is not None and self._distribute_strategy is not None and multi_worker(
+                strategy
+            ):
+                for _, _, batches in iterator:
+                    data_batch = keras.tree.map_structure(
+                        lambda v: strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues) else v,
+                        next(batches),
+                    )
+                    break
+                iterator = None
+            return original_build(self, iterator=iterator, data_batch=data_batch)
+
+        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    if "reduce_per_replica" in parts and "reduce_per_replica" not in _ORIGINALS:
+        original_reduce = tf_trainer.reduce_per_replica
+        _ORIGINALS["reduce_per_replica"] = original_reduce
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and multi_worker(strategy):
+                return keras.tree.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None), values
+                )
+            return original_reduce(values, strategy, reduction)
+
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    return tuple(p for p in FIX_PARTS if p in _ORIGINALS)
+
+
+def uninstall_keras_fix():
+    """Restores the Keras functions `install_keras_fix` replaced (for tests)."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if "symbolic_build" in _ORIGINALS:
+        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _ORIGINALS.pop("symbolic_build")
+    if "reduce_per_replica" in _ORIGINALS:
+        tf_trainer.reduce_per_replica = _ORIGINALS.pop("reduce_per_replica")
+
+
+# --- Checkpoints -------------------------------------------------------------------------
+
+
+def worker_directory(directory, task):
+    """Where `task` writes what the chief writes to `directory`.
+
+    The chief (or a run without `TF_CONFIG`, `task=None`) writes to
+    `directory`; every other worker to `directory/workertemp_<index>`, a
+    folder of its own that it deletes when done (TensorFlow's multi-worker
+    guide). Use it for saved models too: every worker must call `save`.
+
+    Args:
+        directory: str, the run's output folder.
+        task: `WorkerTask` or None.
+    """
+    if task is None or task.is_chief:
+        return directory
+    return os.path.join(directory, f"workertemp_{task.task_index}")
+
+
+class WorkerCheckpoint(TrainingCheckpoint):
+    """A `TrainingCheckpoint` for multi-worker runs: all workers save, the chief's files count.
+
+    Every worker restores the chief's newest checkpoint in `directory` and
+    saves into `worker_directory(directory, task)` (non-chief copies keep only
+    the newest one; `remove_temporary` deletes them at the end). Use it with
+    `CheckpointCallback` and `kbert.training.pretraining.fit_intervals`
+    (one Keras epoch per checkpoint interval, the dataset started at the
+    restored step), so a restarted job repeats at most one checkpoint
+    interval.
+
+    Args:
+        model, optimizer: as for `TrainingCheckpoint`; create them in the
+            strategy's scope.
+        directory: str, the run's checkpoint folder, shared by all workers.
+        task: `WorkerTask` (from `parse_tf_config`) or None (one worker).
+        max_to_keep: int, checkpoints the chief keeps.
+    """
+
+    def __init__(self, model, optimizer, directory, task, max_to_keep=3):
+        chief = task is None or task.is_chief
+        super().__init__(model, optimizer, worker_directory(directory, task),
+                         max_to_keep=max_to_keep if chief else 1)
+        self.task = task
+        self.chief_directory = directory
+
+    def restore_or_initialize(self):
+        """Restores the chief's newest checkpoint, if any; returns its step (0 if none).
+
+        Raises:
+            AssertionError (from TensorFlow): the checkpoint does not match the model.
+        """
+        if self.directory == self.chief_directory:
+            return super().restore_or_initialize()
+        own = self.manager
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.chief_directory,
+                                                  max_to_keep=None)
+        try:
+            return super().restore_or_initialize()
+        finally:
+            self.manager = own
+
+    def remove_temporary(self):
+        """Deletes a non-chief worker's temporary checkpoint folder (call after the last save)."""
+        if self.directory != self.chief_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
