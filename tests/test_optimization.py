@@ -6,6 +6,8 @@ fed with gradients given per replica; MirroredStrategy runs on the two logical
 CPUs that tests/conftest.py sets up.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -337,7 +339,10 @@ def _fit(make_optimizer, batches, strategy=None, eager=True, dtype="float32", **
     return [np.asarray(w) for w in model.get_weights()], optimizer
 
 
-def _gradient_norm(batch):
+@functools.cache
+def _gradient_norm(seed):
+    """Global gradient norm of the loss of `_pretraining_batch(8, seed)` at the initial weights."""
+    batch = _pretraining_batch(8, seed)
     model = BertPretrainer(BertEncoder(**TINY))
     model.set_weights(_initial_weights())
     compile_pretrainer(model, keras.optimizers.SGD())
@@ -370,7 +375,7 @@ OPTIMIZER_RECIPES = {
 @pytest.mark.parametrize("name", sorted(OPTIMIZER_RECIPES))
 def test_four_micro_batches_equal_one_big_batch(name):
     big = [_pretraining_batch(8, seed) for seed in (20, 21)]
-    assert _gradient_norm(big[0]) > 0.2 * 2  # clipping is active
+    assert _gradient_norm(20) > 0.2 * 2  # clipping is active
     make = OPTIMIZER_RECIPES[name]
     reference, _ = _fit(lambda: make(None), big)
     accumulated, optimizer = _fit(lambda: make(4), [m for b in big for m in _split(b, 4)])
@@ -379,6 +384,8 @@ def test_four_micro_batches_equal_one_big_batch(name):
     assert int(optimizer.iterations.numpy()) == 2  # applied updates, not micro-batches
 
 
+@pytest.mark.slow  # ~8 s: tracing fit's step on two replicas (the optimizer path itself is
+# covered on two replicas by test_accumulation_on_two_replicas_equals_the_big_batch)
 def test_two_replicas_with_accumulation_in_fit_equal_the_big_batch():
     # Graph mode (as in training): MirroredStrategy, 2 micro-batches per update; the
     # reference is one replica, one big batch per step, eager.
@@ -389,12 +396,17 @@ def test_two_replicas_with_accumulation_in_fit_equal_the_big_batch():
                                strategy=_mirrored(), eager=False)
     assert _largest_difference(mirrored, reference) < 1e-6
     assert int(optimizer.iterations.numpy()) == 2
+
+
+def test_steps_per_execution_is_refused_where_keras_fails():
     with _mirrored().scope(), pytest.raises(ValueError, match="keras-team/keras#19246"):
-        compile_pretrainer(BertPretrainer(BertEncoder(**TINY)), make(None), steps_per_execution=2)
+        compile_pretrainer(BertPretrainer(BertEncoder(**TINY)), SGD(learning_rate=0.1),
+                           steps_per_execution=2)
 
 
 def test_mixed_float16_scales_the_loss_and_clips_the_unscaled_gradient():
     batch = _pretraining_batch(8, 40)
+    assert _gradient_norm(40) > 0.2 * 2  # clipping is active
     make = lambda: SGD(learning_rate=0.5, global_clipnorm=0.2)
     full, _ = _fit(make, [batch])
     half, optimizer = _fit(make, [batch], dtype="mixed_float16")
@@ -414,15 +426,16 @@ def test_mixed_float16_skips_an_overflowing_step():
     model.set_weights(_initial_weights())
     optimizer = compile_pretrainer(model, SGD(learning_rate=0.5, global_clipnorm=0.2))
     model.run_eagerly = True
-    model.fit(_dataset([_pretraining_batch(8, 41)]), verbose=0)
+    model.fit(_dataset([_pretraining_batch(8, 41)]), verbose=0, shuffle=False)
     optimizer.dynamic_scale.assign(2.0**60)  # the float16 backward pass overflows
     before = [np.asarray(w) for w in model.get_weights()]
-    model.fit(_dataset([_pretraining_batch(8, 42)]), verbose=0)
+    model.fit(_dataset([_pretraining_batch(8, 42)]), verbose=0, shuffle=False)
     assert _largest_difference([np.asarray(w) for w in model.get_weights()], before) == 0.0
     assert int(optimizer.iterations.numpy()) == 1
     assert float(optimizer.dynamic_scale.numpy()) == 2.0**59
 
 
+@pytest.mark.slow  # XLA-compiling the train step takes ~10 s on 2 CPU cores
 def test_xla_with_steps_per_execution_and_accumulation_matches_eager():
     big = [_pretraining_batch(8, seed) for seed in (50, 51)]
     micro = [m for b in big for m in _split(b, 2)]

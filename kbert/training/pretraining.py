@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kbert.training.gradients import LossScaleOptimizer
+from kbert.training.gradients import LossScaleOptimizer, accumulation_pending
 from kbert.training.losses import MaskedLMLoss
 
 
@@ -315,7 +315,8 @@ class RunSummary(keras.callbacks.Callback):
         return summary
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.step() % self.every_n_steps == 0:
+        # Under gradient accumulation the step repeats for K micro-batches: write at its first.
+        if self.step() % self.every_n_steps == 0 and not accumulation_pending(self.optimizer):
             self.write()
 
     def on_train_end(self, logs=None):
