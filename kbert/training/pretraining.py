@@ -92,9 +92,11 @@ def init_from_checkpoint(model, source):
 
     Args:
         model: a `BertPretrainer` (the phase-2 model, built).
-        source: the phase-1 run: its folder or `pretrainer.keras` (see
-            `kbert.checkpoints.load`), or a `TrainingCheckpoint` prefix
-            (`<run>/ckpt-N`, with the run's `bert_config.json` beside it).
+        source: the phase-1 run: its folder or `pretrainer.keras`, or a
+            `TrainingCheckpoint` prefix (`<run>/ckpt-N`, with the run's
+            `bert_config.json` beside it); or any checkpoint with pretraining
+            heads that `kbert.checkpoints.load(..., pretraining=True)` reads
+            (Google TF1, HuggingFace), to continue pretraining from it.
 
     Returns:
         the source's `BertConfig`.
