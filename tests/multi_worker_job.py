@@ -36,8 +36,8 @@ MODELS = ("pretrainer", "classifier")
 
 
 def tiny_config():
-    """Keyword arguments of a tiny `BertEncoder` (hidden 16, 2 layers, no dropout)."""
-    return {"vocab_size": VOCAB_SIZE, "hidden_size": 16, "num_hidden_layers": 2,
+    """Keyword arguments of a tiny `BertEncoder` (hidden 16, 1 layer, no dropout)."""
+    return {"vocab_size": VOCAB_SIZE, "hidden_size": 16, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 32,
             "max_position_embeddings": SEQUENCE_LENGTH, "hidden_dropout_prob": 0.0,
             "attention_probs_dropout_prob": 0.0}

@@ -142,6 +142,9 @@ def test_two_workers_train_like_one_process(multi_worker_run, kind):
     out, reference = multi_worker_run["out"], multi_worker_run["reference"]
     expected = dict(_steps(reference / f"{kind}_single.steps")[0])
     assert sorted(expected) == list(range(1, STEPS + 1))
+    if kind == "pretrainer":  # the two workers' halves hold different numbers of masked tokens
+        halves = job.global_batches(kind, STEPS)["masked_lm_weights"].reshape(STEPS, 2, -1)
+        assert (halves[:, 0].sum(-1) != halves[:, 1].sum(-1)).sum() >= STEPS // 2
     weights = [np.load(out / f"{kind}_worker{i}.npz") for i in (0, 1)]
     single = np.load(reference / f"{kind}_single.npz")
     max_loss_diff = max_weight_diff = 0.0
@@ -188,6 +191,9 @@ def test_parse_tf_config():
     chief = multi_worker.parse_tf_config(json.dumps(
         {"cluster": {"chief": ["h:1"], **CLUSTER}, "task": {"type": "worker", "index": 0}}))
     assert (chief.num_workers, chief.is_chief) == (3, False)
+    evaluator = multi_worker.parse_tf_config(json.dumps(
+        {"cluster": {"evaluator": ["h:1"], **CLUSTER}, "task": {"type": "evaluator", "index": 0}}))
+    assert (evaluator.num_workers, evaluator.is_chief) == (2, False)
     assert multi_worker.parse_tf_config("") is None
 
 
@@ -197,6 +203,10 @@ def test_parse_tf_config():
     ({"task": {"type": "worker", "index": 0}}, "'cluster'"),
     ({"cluster": {"ps": ["h:1"]}, "task": {"type": "ps", "index": 0}}, "'cluster.ps'"),
     ({"cluster": {"worker": "h:1"}, "task": {"type": "worker", "index": 0}}, "'cluster.worker'"),
+    ({"cluster": {"evaluator": ["h:1"]}, "task": {"type": "evaluator", "index": 0}},
+     "'cluster' has no training job"),
+    ({"cluster": {"chief": ["h:1", "h:2"]}, "task": {"type": "chief", "index": 0}},
+     "'cluster.chief' lists 2 tasks; at most 1"),
     ({"cluster": {"worker": ["h:1", "h:99999"]}, "task": {"type": "worker", "index": 0}},
      r"'cluster.worker\[1\]'.*port in 1..65535; received 'h:99999'"),
     ({"cluster": {"worker": ["h:1", "h:1"]}, "task": {"type": "worker", "index": 0}},

@@ -44,6 +44,7 @@ from kbert.training.checkpointing import TrainingCheckpoint
 # --- TF_CONFIG ----------------------------------------------------------------------------
 
 TRAINING_JOBS = ("chief", "worker")
+JOBS = (*TRAINING_JOBS, "evaluator")  # an evaluator task trains nothing (TF's side-car evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +53,13 @@ class WorkerTask:
 
     Attributes:
         cluster: dict job name -> list of "host:port" addresses.
-        task_type: "chief" or "worker".
+        task_type: "chief", "worker" or "evaluator".
         task_index: int, index into `cluster[task_type]`.
-        num_workers: int, training tasks in the cluster (chief + workers).
+        num_workers: int, training tasks in the cluster (chief + workers; not
+            the evaluator).
         is_chief: bool, the task that writes run outputs: the "chief" task, or
             worker 0 when the cluster has no chief (TensorFlow's convention,
-            `tf.distribute` `multi_worker_util.is_chief`).
+            `tf.distribute` `multi_worker_util.is_chief`); never the evaluator.
     """
 
     cluster: dict
@@ -84,10 +86,11 @@ def parse_tf_config(text=None):
     Raises:
         ValueError: not a JSON object, or a malformed key, named with the
             value and what is allowed: `cluster` missing or not an object, a
-            job other than "chief"/"worker" (e.g. "ps", which needs
-            `ParameterServerStrategy`), a job's addresses not a non-empty list
+            job other than "chief"/"worker"/"evaluator" (e.g. "ps", which needs
+            `ParameterServerStrategy`), no "chief" or "worker" task, a job's
+            addresses not a non-empty list
             of "host:port" with a port in 1..65535, an address used twice,
-            more than one chief, `task` missing, `task.type` not a job of the
+            more than one chief or evaluator, `task` missing, `task.type` not a job of the
             cluster, `task.index` not an int within that job.
     """
     if text is None:
@@ -110,10 +113,10 @@ def parse_tf_config(text=None):
         )
     seen = {}
     for job, addresses in cluster.items():
-        if job not in TRAINING_JOBS:
+        if job not in JOBS:
             raise ValueError(
                 f"TF_CONFIG key 'cluster.{job}': MultiWorkerMirroredStrategy runs the jobs "
-                f"{TRAINING_JOBS} only ('ps' tasks need ParameterServerStrategy)."
+                f"{JOBS} only ('ps' tasks need ParameterServerStrategy)."
             )
         if not isinstance(addresses, list) or not addresses:
             raise ValueError(
@@ -128,9 +131,14 @@ def parse_tf_config(text=None):
                     f"'cluster.{seen[address]}'; every task needs its own port."
                 )
             seen[address] = f"{job}[{i}]"
-    if len(cluster.get("chief", [])) > 1:
+    for job in ("chief", "evaluator"):
+        if len(cluster.get(job, [])) > 1:
+            raise ValueError(
+                f"TF_CONFIG key 'cluster.{job}' lists {len(cluster[job])} tasks; at most 1."
+            )
+    if not any(job in cluster for job in TRAINING_JOBS):
         raise ValueError(
-            f"TF_CONFIG key 'cluster.chief' lists {len(cluster['chief'])} tasks; at most 1."
+            f"TF_CONFIG key 'cluster' has no training job {TRAINING_JOBS}: {sorted(cluster)}."
         )
     task = config.get("task")
     if not isinstance(task, dict):
@@ -151,12 +159,12 @@ def parse_tf_config(text=None):
             f"[0, {len(cluster[task_type])}) for the {len(cluster[task_type])} "
             f"'{task_type}' address(es)."
         )
-    is_chief = task_type == "chief" or ("chief" not in cluster and index == 0)
+    is_chief = task_type == "chief" or (task_type == "worker" and "chief" not in cluster and index == 0)
     return WorkerTask(
         cluster=cluster,
         task_type=task_type,
         task_index=index,
-        num_workers=sum(len(cluster[job]) for job in cluster),
+        num_workers=sum(len(cluster.get(job, [])) for job in TRAINING_JOBS),
         is_chief=is_chief,
     )
 
