@@ -154,9 +154,14 @@ MIRRORED = None
 
 
 def _mirrored():
+    """MirroredStrategy over the two logical CPUs, reducing on one device: two strategies
+    that use CPU collectives in one process (other test files make theirs) collide on
+    collective instance keys ("Shape mismatch in the collective instance 100")."""
     global MIRRORED
     if MIRRORED is None:
-        MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        MIRRORED = tf.distribute.MirroredStrategy(
+            ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
     return MIRRORED
 
 
