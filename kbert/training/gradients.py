@@ -23,7 +23,6 @@ and `keras/src/backend/tensorflow/optimizer.py`, and by tests/test_optimization.
 
 import keras
 import tensorflow as tf
-from keras.src.optimizers.schedules import learning_rate_schedule
 
 # The private Keras hooks the mixin overrides; checked when an optimizer is made.
 KERAS_HOOKS = (
@@ -239,7 +238,7 @@ class GlobalBatchMixin:
 
     def _get_current_learning_rate(self):
         if self.gradient_accumulation_steps and isinstance(
-            self._learning_rate, learning_rate_schedule.LearningRateSchedule
+            self._learning_rate, keras.optimizers.schedules.LearningRateSchedule
         ):
             return self._learning_rate(self.iterations)
         return super()._get_current_learning_rate()
@@ -256,8 +255,10 @@ def unwrap(optimizer):
 def accumulation_pending(optimizer):
     """True while micro-batch gradients are accumulated but not yet applied.
 
-    A checkpoint written then holds a partial sum (under N replicas only the
-    first replica's), so save only when this is False.
+    `optimizer.iterations` then repeats for K micro-batches; a checkpoint
+    written mid-accumulation holds a partial sum that is right only if the
+    data also resumes at that micro-batch, so checkpoint callbacks should
+    save only when this is False.
 
     Args:
         optimizer: a Keras optimizer, or a `LossScaleOptimizer` around one.
