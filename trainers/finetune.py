@@ -51,6 +51,7 @@ flags.DEFINE_integer("train_steps", None, "Total steps instead of --num_epochs."
 flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate (AdamW).", lower_bound=0.0)
 flags.DEFINE_float("warmup_proportion", 0.1, "Share of steps with linear warmup.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.", lower_bound=0.0)
+flags.DEFINE_float("global_clipnorm", 1.0, "Clip the replica-summed gradient to this global norm (BERT: 1.0; 0: off).", lower_bound=0.0)
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between resume checkpoints (and at every epoch end).", lower_bound=1)
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).", lower_bound=0)
@@ -169,6 +170,7 @@ def main(argv):
             "learning_rate": FLAGS.learning_rate,
             "warmup_proportion": FLAGS.warmup_proportion,
             "weight_decay": FLAGS.weight_decay,
+            "global_clipnorm": FLAGS.global_clipnorm,
             "seed": FLAGS.seed,
             **task.settings(),
         }
@@ -195,6 +197,7 @@ def main(argv):
             FLAGS.learning_rate, total_steps,
             warmup_steps=int(FLAGS.warmup_proportion * total_steps),
             weight_decay=FLAGS.weight_decay,
+            global_clipnorm=FLAGS.global_clipnorm or None,
         )
         finetuning.compile_for_task(model, task.task, optimizer, jit_compile=FLAGS.jit_compile)
         checkpoint = TrainingCheckpoint(
@@ -208,10 +211,15 @@ def main(argv):
         f"{len(schedule)} epoch(s); starting at step {start_step}.",
         flush=True,
     )
-    final, summary = finetune_run.train_task(
-        task, model, checkpoint, FLAGS.model_dir, schedule, start_step,
-        FLAGS.global_batch_size, FLAGS.checkpoint_every, runs.progress_verbosity(),
-    )
+    from kbert.training import NonFiniteLossError
+
+    try:
+        final, summary = finetune_run.train_task(
+            task, model, checkpoint, FLAGS.model_dir, schedule, start_step,
+            FLAGS.global_batch_size, FLAGS.checkpoint_every, runs.progress_verbosity(),
+        )
+    except NonFiniteLossError as e:
+        _fail(f"{e} The last good checkpoint is kept; lower --learning_rate or check the data.")
     metrics_path = os.path.join(FLAGS.model_dir, "metrics.json")
     if FLAGS.export:
         from kbert.serving import ExportVerificationError

@@ -22,6 +22,14 @@ from kbert.training.guards import (
 )
 from kbert.training.lamb import Lamb
 from kbert.training.losses import MaskedLMLoss
+from kbert.training.multi_worker import (
+    WorkerCheckpoint,
+    WorkerTask,
+    barrier,
+    create_multi_worker_strategy,
+    parse_tf_config,
+    shard_for_workers,
+)
 from kbert.training.optimization import (
     OPTIMIZERS,
     AdamW,
@@ -49,12 +57,16 @@ __all__ = [
     "NonFiniteLossError",
     "TrainingCheckpoint",
     "WarmupLinearDecay",
+    "WorkerCheckpoint",
+    "WorkerTask",
     "accumulation_pending",
+    "barrier",
     "check_static_shapes",
     "clip_by_global_norm",
     "compile_for_task",
     "compile_pretrainer",
     "create_adamw",
+    "create_multi_worker_strategy",
     "create_optimizer",
     "create_strategy",
     "epoch_schedule",
@@ -62,6 +74,8 @@ __all__ = [
     "export_task",
     "fit_epochs",
     "init_from_checkpoint",
+    "parse_tf_config",
+    "shard_for_workers",
     "split_cpu",
     "train_task",
 ]

@@ -6,6 +6,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from kbert.training.gradients import accumulation_pending
+
 
 class TrainingCheckpoint:
     """Model + optimizer + dropout RNG checkpoints in `directory`, for resuming after a kill.
@@ -88,6 +90,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_at_epoch_end = save_at_epoch_end
 
     def on_train_batch_end(self, batch, logs=None):
+        if accumulation_pending(self.training_checkpoint.optimizer):
+            return  # mid-accumulation: the step's update is not applied yet
         step = int(self.training_checkpoint.optimizer.iterations.numpy())
         last_of_epoch = self.save_at_epoch_end and batch + 1 == (self.params or {}).get("steps")
         if step % self.every_n_steps == 0 and not last_of_epoch:

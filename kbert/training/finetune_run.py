@@ -13,6 +13,7 @@ import keras
 from kbert.models.task_heads import inference_copy
 from kbert.training import finetuning, runs
 from kbert.training.checkpointing import CheckpointCallback
+from kbert.training.guards import NonFiniteGuard
 
 
 def train_task(task, model, checkpoint, model_dir, schedule, start_step=0,
@@ -50,6 +51,7 @@ def train_task(task, model, checkpoint, model_dir, schedule, start_step=0,
                 if os.path.exists(best_path)]
     evaluation = finetuning.EvaluationCallback(task.evaluate, history_path)
     callbacks = [
+        NonFiniteGuard(check_weights_every=checkpoint_every),  # before anything saves weights
         evaluation,
         keras.callbacks.ModelCheckpoint(
             best_path, monitor=f"val_{task.best_metric}", mode="max", save_best_only=True,

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from kbert.data.tagging import IGNORE_LABEL
+from kbert.training.gradients import LossScaleOptimizer
 
 TASKS = ("classification", "regression", "tagging", "squad")
 
@@ -79,6 +80,11 @@ def compile_for_task(model, task, optimizer, jit_compile=False, steps_per_execut
         loss_weights = {"start_logits": 0.5, "end_logits": 0.5}
     else:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
+    if model.dtype_policy.name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        # Dynamic loss scaling with the overflow check over all replicas (see gradients.py).
+        optimizer = LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
         loss=loss,
