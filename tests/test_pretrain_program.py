@@ -247,3 +247,38 @@ def test_failed_start_leaves_an_existing_folder_as_it_was(tmp_path):
     code, output = _pretrain(existing, f"--corpus={corpus_path}")
     assert code == 1 and output.strip().startswith("error: --corpus: "), output[-2000:]
     assert _snapshot(existing) == before
+
+
+def test_phase_two_starts_from_phase_one_with_lamb_and_accumulation(finished_run, tmp_path):
+    """BERT's phase 2: longer sequences from phase 1's weights; LAMB over 2 micro-batches."""
+    import keras
+    import numpy as np
+
+    import kbert  # noqa: F401  (registers the classes)
+
+    source, corpus_path, _ = finished_run
+    model_dir = tmp_path / "phase2"
+    code, output = _pretrain(
+        model_dir, f"--corpus={corpus_path}", f"--vocab_file={source / 'vocab.txt'}",
+        f"--init_checkpoint={source}", "--sequence_length=64", "--max_predictions_per_seq=8",
+        "--global_batch_size=4", "--gradient_accumulation_steps=2", "--optimizer=lamb",
+        "--learning_rate=1e-3", "--train_steps=2", "--checkpoint_every=1", "--dupe_factor=1")
+    assert code == 0, output[-3000:]
+    assert f"Initialised from {source}" in output
+    # Checkpoints are numbered by optimizer steps: 2 steps of 2 micro-batches each.
+    assert _checkpoint_steps(model_dir) == [1, 2]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["final_step"] == 2 and summary["finished"]
+    settings = json.loads((model_dir / "pretrain_config.json").read_text())
+    assert (settings["optimizer"], settings["gradient_accumulation_steps"]) == ("lamb", 2)
+
+    # Phase 2's weights are phase 1's after 2 small LAMB steps, not a new initialisation;
+    # the position rows phase 1 trained (its 32 positions) are kept.
+    one = keras.saving.load_model(str(source / "encoder.keras"))
+    two = keras.saving.load_model(str(model_dir / "encoder.keras"))
+    for name in ("token_embedding", "position_embedding"):
+        a = [w for w in one.weights if name in w.path][0].numpy()
+        b = [w for w in two.weights if name in w.path][0].numpy()
+        assert a.shape == b.shape
+        assert np.corrcoef(a[:32].ravel(), b[:32].ravel())[0, 1] > 0.99, name
+        assert np.abs(a - b).max() < 0.05, name

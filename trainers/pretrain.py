@@ -6,13 +6,14 @@ The run's settings are saved in MODEL_DIR/pretrain_config.json; a rerun that
 changes one of them (model: --preset, --bert_config_file; vocabulary:
 --vocab_file, --vocab_size, --lowercase; data: --corpus and its files' bytes,
 or --input_files and their names and sizes, --sequence_length, --global_batch_size, --max_predictions_per_seq,
---masked_lm_prob, --dupe_factor, --seed; optimizer: --learning_rate,
---warmup_steps, --weight_decay, --mixed_precision) is refused with every
+--masked_lm_prob, --dupe_factor, --seed, --gradient_accumulation_steps;
+optimizer: --optimizer, --learning_rate, --warmup_steps, --weight_decay,
+--global_clipnorm, --mixed_precision; --init_checkpoint) is refused with every
 change listed, and nothing in the folder changes. Free to change on resume:
 --train_steps (at least the step reached; the learning-rate decay and the
 default warmup follow the new total), --checkpoint_every, --strategy,
---num_cpu_devices, --tpu, --jit_compile, --eval_corpus, --eval_batches,
---verbosity.
+--num_cpu_devices, --tpu, --jit_compile, --steps_per_execution, --eval_corpus,
+--eval_batches, --verbosity.
 
 Example (2 logical CPUs, MirroredStrategy, the offline default corpus):
   python -m trainers.pretrain --model_dir=runs/demo --strategy=mirrored \
@@ -24,6 +25,16 @@ or google-research/bert's and tf-models-official's create_pretraining_data):
 The records hold their masks and pairs, so --masked_lm_prob and --dupe_factor
 do not apply; their lengths must equal --sequence_length and
 --max_predictions_per_seq (checked at start, one error line otherwise).
+BERT's two phases: phase 1 at --sequence_length=128, then a new run
+  python -m trainers.pretrain --model_dir=runs/phase2 --init_checkpoint=runs/phase1 \
+      --sequence_length=512 --max_predictions_per_seq=80 --train_steps=...
+starts from phase 1's weights (position embeddings kept) with a new optimizer.
+Large batches: --optimizer=lamb and --gradient_accumulation_steps=K (K micro-batches
+of --global_batch_size/K per optimizer step; the learning-rate schedule counts
+optimizer steps). The summed gradient is clipped once to --global_clipnorm. A NaN
+or Inf loss stops the run naming the step, before that step is checkpointed.
+Multi-worker (--strategy=multi_worker): TF_CONFIG on every host, a shared
+--model_dir; the chief writes the outputs (see README).
 Outputs in --model_dir: pretrain_config.json, vocab.txt, bert_config.json,
 tokenizer_config.json, ckpt-* checkpoints, logs/ (TensorBoard), history.csv,
 summary.json (the whole run: steps, seconds summed over sessions; rewritten at
@@ -37,6 +48,7 @@ import filecmp
 import hashlib
 import json
 import os
+import shutil
 import sys
 
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
@@ -71,7 +83,12 @@ flags.DEFINE_integer("train_steps", 300, "Total optimizer steps (may grow on res
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints (and at the last step).", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (> 0).")
 flags.DEFINE_integer("warmup_steps", None, "Warmup steps, below --train_steps (default 10% of it).", lower_bound=0)
-flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay.", lower_bound=0.0)
+flags.DEFINE_float("weight_decay", 0.01, "Decoupled weight decay (AdamW, LAMB).", lower_bound=0.0)
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "lamb"], "AdamW, or LAMB for large batches (You et al. 2020).")
+flags.DEFINE_float("global_clipnorm", 1.0, "Clip the replica-summed gradient to this global norm (BERT: 1.0; 0: off).", lower_bound=0.0)
+flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches per optimizer step; --global_batch_size is per step.", lower_bound=1)
+flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call (TPU: e.g. 100; 1 under --strategy=mirrored).", lower_bound=1)
+flags.DEFINE_string("init_checkpoint", None, "Start a new run from these weights (BERT phase 2: a phase-1 run folder or its ckpt-N, with --sequence_length=512; position embeddings kept).")
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.", lower_bound=1)
@@ -314,6 +331,10 @@ def _plan(model_dir):
         "warmup_steps": FLAGS.warmup_steps,
         "weight_decay": FLAGS.weight_decay,
         "mixed_precision": FLAGS.mixed_precision,
+        "optimizer": FLAGS.optimizer,
+        "global_clipnorm": FLAGS.global_clipnorm,
+        "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps,
+        "init_checkpoint": FLAGS.init_checkpoint and os.path.abspath(FLAGS.init_checkpoint),
     }
     if not runs.compare_run_config(os.path.join(model_dir, RUN_CONFIG), settings, "settings"):
         # A folder of a run from before pretrain_config.json: its model must still match.
@@ -379,7 +400,7 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
     # Strategies that configure devices must come before any other TF op.
-    from kbert.training import distribute, runs
+    from kbert.training import distribute, multi_worker, runs
 
     runs.quiet_logging(FLAGS["verbosity"].present)
     try:
@@ -387,6 +408,7 @@ def main(argv):
         if FLAGS.num_cpu_devices:
             distribute.split_cpu(FLAGS.num_cpu_devices)
         strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+        task = multi_worker.parse_tf_config() if FLAGS.strategy == "multi_worker" else None
     except runs.RunError as e:
         _fail(e)
     except (ValueError, RuntimeError) as e:
@@ -397,17 +419,33 @@ def main(argv):
     from kbert import checkpoints, data, models, training
     from kbert.training import pretraining
 
-    if FLAGS.global_batch_size % strategy.num_replicas_in_sync:
+    accumulation = FLAGS.gradient_accumulation_steps
+    if FLAGS.global_batch_size % (strategy.num_replicas_in_sync * accumulation):
         _fail(
             f"--global_batch_size={FLAGS.global_batch_size} must be a multiple of the "
-            f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy}."
+            f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy} times "
+            f"--gradient_accumulation_steps={accumulation}."
         )
+    micro_batch_size = FLAGS.global_batch_size // accumulation
     # Everything is checked before --model_dir is created or changed.
     try:
         plan = _plan(FLAGS.model_dir)
     except runs.RunError as e:
         _fail(e)
-    corpus = _write_run_files(FLAGS.model_dir, plan)
+    # Multi-worker: every worker plans before the chief writes the shared --model_dir, and
+    # reads it after; the other workers write only into their own temporary folders.
+    chief = task is None or task.is_chief
+    run_dir = multi_worker.worker_directory(FLAGS.model_dir, task)
+    if task:
+        multi_worker.barrier(strategy)
+    if chief:
+        corpus = _write_run_files(FLAGS.model_dir, plan)
+    if task:
+        multi_worker.barrier(strategy)
+        os.makedirs(run_dir, exist_ok=True)
+    if not chief:  # what _write_run_files returns on the chief
+        corpus = (plan["corpus_files"] if plan["corpus_files"] or plan["record_files"]
+                  else [os.path.join(FLAGS.model_dir, "default_corpus.txt")])
     tokenizer = checkpoints.load_tokenizer(FLAGS.model_dir)  # the casing just written
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
@@ -416,15 +454,30 @@ def main(argv):
     with strategy.scope():
         encoder = models.BertEncoder.from_bert_config(plan["config"])
         model = models.BertPretrainer(encoder)
-        optimizer = training.create_adamw(
+        # The schedule sees applied updates, not micro-batches (kbert.training.gradients).
+        optimizer = training.create_optimizer(
+            FLAGS.optimizer,
             FLAGS.learning_rate,
             FLAGS.train_steps,
             warmup_steps=_warmup_steps(),
             weight_decay=FLAGS.weight_decay,
+            global_clipnorm=FLAGS.global_clipnorm or None,
+            gradient_accumulation_steps=accumulation,
         )
-        training.compile_pretrainer(model, optimizer, jit_compile=FLAGS.jit_compile)
-        checkpoint = training.TrainingCheckpoint(model, optimizer, FLAGS.model_dir)
+        try:
+            training.compile_pretrainer(model, optimizer, jit_compile=FLAGS.jit_compile,
+                                        steps_per_execution=FLAGS.steps_per_execution)
+        except ValueError as e:
+            _fail(f"--steps_per_execution={FLAGS.steps_per_execution}: {e}")
+        checkpoint = multi_worker.WorkerCheckpoint(model, optimizer, FLAGS.model_dir, task)
         start_step = checkpoint.restore_or_initialize()
+        if start_step == 0 and FLAGS.init_checkpoint:
+            try:
+                source = training.init_from_checkpoint(model, FLAGS.init_checkpoint)
+            except (OSError, ValueError) as e:
+                _fail(f"--init_checkpoint={FLAGS.init_checkpoint}: {e}")
+            print(f"Initialised from {FLAGS.init_checkpoint} (max_position_embeddings="
+                  f"{source.max_position_embeddings}).", flush=True)
     print(
         f"Starting at step {start_step} of {FLAGS.train_steps} "
         f"(--strategy={FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s)).",
@@ -433,46 +486,61 @@ def main(argv):
 
     try:
         summary = pretraining.RunSummary(
-            os.path.join(FLAGS.model_dir, "summary.json"), optimizer, FLAGS.train_steps,
+            os.path.join(run_dir, "summary.json"), optimizer, FLAGS.train_steps,
             FLAGS.checkpoint_every, start_step,
         )
     except ValueError as e:
         _fail(e)
     callbacks = [
+        # First: a NaN/Inf loss stops the run before CheckpointCallback saves that step.
+        training.NonFiniteGuard(check_weights_every=FLAGS.checkpoint_every),
         training.CheckpointCallback(checkpoint, FLAGS.checkpoint_every),
         summary,  # after the checkpoint: the summary never runs ahead of it
-        keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
     ]
+    if chief:
+        callbacks += [
+            keras.callbacks.TensorBoard(os.path.join(FLAGS.model_dir, "logs")),
+            keras.callbacks.CSVLogger(os.path.join(FLAGS.model_dir, "history.csv"), append=True),
+        ]
     # One Keras epoch per checkpoint interval; each stream starts where the run stands.
     for first_step, initial_epoch, epochs, steps in pretraining.fit_intervals(
         start_step, FLAGS.train_steps, FLAGS.checkpoint_every
     ):
         if plan["record_files"]:
             dataset = data.pretraining_tfrecord_dataset(
-                plan["record_files"], FLAGS.global_batch_size, FLAGS.sequence_length,
-                FLAGS.max_predictions_per_seq, seed=FLAGS.seed, skip_batches=first_step,
+                plan["record_files"], micro_batch_size, FLAGS.sequence_length,
+                FLAGS.max_predictions_per_seq, seed=FLAGS.seed,
+                skip_batches=first_step * accumulation,
                 num_workers=_num_workers(strategy),
             )
         else:
-            dataset = data.build_pretraining_dataset(
-                corpus, tokenizer, plan["data_config"], FLAGS.global_batch_size,
-                skip_batches=first_step,
-            )
+            dataset = multi_worker.shard_for_workers(data.build_pretraining_dataset(
+                corpus, tokenizer, plan["data_config"], micro_batch_size,
+                skip_batches=first_step * accumulation,
+            ))
         dataset = dataset.map(data.split_features_for_fit)
-        model.fit(
-            dataset,
-            initial_epoch=initial_epoch,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset is shuffled (seeded) by kbert.data
-            verbose=runs.progress_verbosity(),
-        )
+        if FLAGS.strategy == "tpu" or FLAGS.jit_compile:
+            try:
+                training.check_static_shapes(dataset, micro_batch_size)
+            except ValueError as e:
+                _fail(f"--strategy={FLAGS.strategy}: {e}")
+        try:
+            model.fit(
+                dataset,
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                steps_per_epoch=steps * accumulation,
+                callbacks=callbacks,
+                shuffle=False,  # the dataset is shuffled (seeded) by kbert.data
+                verbose=runs.progress_verbosity(),
+            )
+        except training.NonFiniteLossError as e:
+            _fail(f"{e} Checkpoints up to the last good step are kept; lower --learning_rate "
+                  "or check the data, then rerun with a new --model_dir or from that step.")
     trained = summary.step() > start_step
     for name, saved in (("pretrainer.keras", model), ("encoder.keras", encoder)):
-        if trained or not os.path.exists(os.path.join(FLAGS.model_dir, name)):
-            saved.save(os.path.join(FLAGS.model_dir, name))
+        if trained or not os.path.exists(os.path.join(run_dir, name)):
+            saved.save(os.path.join(run_dir, name))  # every worker saves; the chief's counts
     if FLAGS.eval_corpus:
         eval_dataset = data.build_pretraining_dataset(
             FLAGS.eval_corpus, tokenizer, plan["data_config"], FLAGS.global_batch_size,
@@ -488,6 +556,8 @@ def main(argv):
     else:
         metrics = {}
     print(json.dumps(summary.write(finished=True, extra=metrics)), flush=True)
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

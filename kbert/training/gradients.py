@@ -267,7 +267,7 @@ def accumulation_pending(optimizer):
         bool (False without `gradient_accumulation_steps`).
     """
     inner = unwrap(optimizer)
-    steps = inner.gradient_accumulation_steps
+    steps = getattr(inner, "gradient_accumulation_steps", None)  # None: not a Keras optimizer
     return bool(steps) and int(inner._iterations.numpy()) % steps != 0
 
 
