@@ -277,8 +277,8 @@ def test_phase_two_starts_from_phase_one_with_lamb_and_accumulation(finished_run
     one = keras.saving.load_model(str(source / "encoder.keras"))
     two = keras.saving.load_model(str(model_dir / "encoder.keras"))
     for name in ("token_embedding", "position_embedding"):
-        a = [w for w in one.weights if name in w.path][0].numpy()
-        b = [w for w in two.weights if name in w.path][0].numpy()
+        a = next(w for w in one.weights if name in w.path).numpy()
+        b = next(w for w in two.weights if name in w.path).numpy()
         assert a.shape == b.shape
         assert np.corrcoef(a[:32].ravel(), b[:32].ravel())[0, 1] > 0.99, name
         assert np.abs(a - b).max() < 0.05, name
