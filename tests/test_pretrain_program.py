@@ -210,30 +210,54 @@ def test_resume_with_allowed_changes_keeps_summary_totals(finished_run, tmp_path
     assert again["sessions"] == resumed["sessions"] and again["steps_this_session"] == 0
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--sequence_length=4"], "error: flag --sequence_length=4: 4 is not integer >= 8"),
-    (["--sequence_length=32", "--max_predictions_per_seq=40"],
-     "error: --max_predictions_per_seq=40 must be in [1, sequence_length - 3 = 29]."),
-    (["--train_steps=20", "--warmup_steps=20"],
-     "error: --warmup_steps=20 must be below --train_steps=20."),
-    (["--bert_config_file=missing.json"], "error: --bert_config_file=missing.json: "),
-    (["--corpus={one_document}"], "error: --corpus: ['{one_document}'] hold 1 document(s)"),
-    (["--corpus={latin1}"], "error: --corpus: {latin1}:1: not UTF-8"),
-    (["--corpus={folder}"], "error: --corpus: Corpus pattern '{folder}' matches the folder"),
-    (["--corpus={folder}/nope.txt"], "error: --corpus: No corpus file matches"),
-], ids=["absl_bound", "predictions_vs_length", "warmup", "bert_config_file", "one_document",
-        "not_utf8", "folder", "missing"])
-def test_failed_start_prints_one_line_and_creates_no_folder(tmp_path, flags, message):
+FAILED_STARTS = {  # case: (flags, the error line)
+    "absl_bound": (["--sequence_length=4"], "error: flag --sequence_length=4: 4 is not integer >= 8"),
+    "predictions_vs_length": (["--sequence_length=32", "--max_predictions_per_seq=40"],
+                              "error: --max_predictions_per_seq=40 must be in [1, sequence_length - 3 = 29]."),
+    "warmup": (["--train_steps=20", "--warmup_steps=20"],
+               "error: --warmup_steps=20 must be below --train_steps=20."),
+    "bert_config_file": (["--bert_config_file=missing.json"], "error: --bert_config_file=missing.json: "),
+    "one_document": (["--corpus={one_document}"], "error: --corpus: ['{one_document}'] hold 1 document(s)"),
+    "latin1": (["--corpus={latin1}"], "error: --corpus: {latin1}:1: not UTF-8"),
+    "folder": (["--corpus={folder}"], "error: --corpus: Corpus pattern '{folder}' matches the folder"),
+    "missing": (["--corpus={folder}/nope.txt"], "error: --corpus: No corpus file matches"),
+    "accumulation": (["--global_batch_size=4", "--gradient_accumulation_steps=3"],
+                     ("error: --global_batch_size=4 must be a multiple of the 1 replicas of "
+                     "--strategy=default times --gradient_accumulation_steps=3.")),
+    "init_checkpoint": (["--init_checkpoint={folder}/nope"], "error: --init_checkpoint={folder}/nope: "),
+}
+
+
+def _failed_start_files(tmp_path):
     paths = {"one_document": tmp_path / "one.txt", "latin1": tmp_path / "latin1.txt",
              "folder": tmp_path / "texts"}
     paths["one_document"].write_text("Only one document. Two sentences.\n", encoding="utf-8")
     paths["latin1"].write_bytes(b"caf\xe9 au lait\n")
     paths["folder"].mkdir()
-    flags = [f.format(**paths) for f in flags]
-    message = message.format(**paths)
-    code, output = _pretrain(tmp_path / "new", *flags)
+    return paths
+
+
+def test_failed_start_prints_one_line_and_creates_no_folder(tmp_path):
+    """Each bad command line: one `error:` line, exit 1, no --model_dir. One process runs
+    them all (tests/pretrain_failures.py); the last case also runs as a real process."""
+    paths = _failed_start_files(tmp_path)
+    cases = {name: ([f"--model_dir={tmp_path / name}", *(f.format(**paths) for f in flags)],
+                    message.format(**paths)) for name, (flags, message) in FAILED_STARTS.items()}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.pretrain_failures", json.dumps([c[0] for c in cases.values()])],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    for (name, (_, message)), (status, printed) in zip(cases.items(), outcomes, strict=True):
+        # sys.exit("error: ...") exits with status 1 and prints the message to stderr.
+        assert status == message or str(status).startswith(message), (name, status)
+        assert "\n" not in str(status) and not printed.strip(), (name, printed[-2000:])
+        assert not (tmp_path / name).exists(), name
+    # As a user sees it: exactly one line on the console, nothing from TensorFlow.
+    code, output = _pretrain(tmp_path / "new", f"--corpus={paths['folder']}/nope.txt")
     assert code == 1
-    assert output.strip().startswith(message) and "\n" not in output.strip(), output[-2000:]
+    assert output.strip().startswith("error: --corpus: No corpus file matches"), output[-2000:]
+    assert "\n" not in output.strip(), output[-2000:]
     assert not (tmp_path / "new").exists()
 
 

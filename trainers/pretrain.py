@@ -296,6 +296,13 @@ def _plan(model_dir):
         corpus_digest = hashlib.sha256(default_text.encode("utf-8")).hexdigest()
     if FLAGS.eval_corpus:
         _read_corpus("eval_corpus", FLAGS.eval_corpus)
+    if FLAGS.init_checkpoint and not any(
+        os.path.exists(FLAGS.init_checkpoint + suffix) for suffix in ("", ".index")
+    ):
+        raise runs.RunError(
+            f"--init_checkpoint={FLAGS.init_checkpoint}: no run folder, .keras file or "
+            "checkpoint (prefix.index) there."
+        )
 
     reached = checkpointing.latest_checkpoint(model_dir)
     reached_step = int(reached.rsplit("-", 1)[1]) if reached else 0
