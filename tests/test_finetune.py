@@ -191,24 +191,31 @@ def test_finetune_classification_end_to_end(tmp_path, sst2_small, uncased_vocab)
 
 
 def test_finetune_bad_input_one_line_errors(tmp_path, sst2_small, uncased_vocab):
+    """Bad files and flags: one `error:` line naming the problem. The cases run in one process
+    (tests/program_failures.py); the recipe case also as a real process, for the console."""
     train, dev = sst2_small
     common = [f"--vocab_file={uncased_vocab}", f"--model_dir={tmp_path / 'run'}", "--train_steps=1"]
-    missing = _run(["--task=classification", f"--train_file={train}",
-                    f"--eval_file={tmp_path / 'nope.tsv'}", *common])
-    assert missing.returncode != 0 and "nope.tsv does not exist" in missing.stderr
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood movie\t1\nbad movie\t7\n", encoding="utf-8")
-    unknown = _run(["--task=classification", f"--train_file={train}", f"--eval_file={bad}", *common])
-    assert unknown.returncode != 0
-    assert f"{bad}:3: label '7' is not one of the training labels ['0', '1']" in unknown.stderr
+    cases = {
+        f"--eval_file={tmp_path / 'nope.tsv'} does not exist": [f"--eval_file={tmp_path / 'nope.tsv'}"],
+        f"{bad}:3: label '7' is not one of the training labels ['0', '1']": [f"--eval_file={bad}"],
+        "no column ['text'] in the header": [f"--eval_file={dev}", "--text_columns=text"],
+    }
+    argvs = [["--task=classification", f"--train_file={train}", *extra, *common] for extra in cases.values()]
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.program_failures", "trainers.finetune", json.dumps(argvs)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    for message, (status, _) in zip(cases, outcomes, strict=True):
+        assert str(status).startswith("error: ") and message in str(status), (message, status)
+        assert "\n" not in str(status), status
     recipe = _run(["--task=classification", f"--train_file={train}", f"--eval_file={dev}",
                    "--tflite_recipes=float32,int4", *common])
     assert recipe.returncode != 0 and recipe.stderr.strip().count("\n") == 0, recipe.stderr
     assert ("--tflite_recipes=float32,int4: choose from float32, float16, dynamic_int8, "
             "int8_selective.") in recipe.stderr
-    column = _run(["--task=classification", f"--train_file={train}", f"--eval_file={dev}",
-                   "--text_columns=text", *common])
-    assert column.returncode != 0 and "no column ['text'] in the header" in column.stderr
 
 
 def test_finetune_tagging_end_to_end(tmp_path, uncased_vocab):

@@ -239,12 +239,12 @@ def _failed_start_files(tmp_path):
 
 def test_failed_start_prints_one_line_and_creates_no_folder(tmp_path):
     """Each bad command line: one `error:` line, exit 1, no --model_dir. One process runs
-    them all (tests/pretrain_failures.py); the last case also runs as a real process."""
+    them all (tests/program_failures.py); the last case also runs as a real process."""
     paths = _failed_start_files(tmp_path)
     cases = {name: ([f"--model_dir={tmp_path / name}", *(f.format(**paths) for f in flags)],
                     message.format(**paths)) for name, (flags, message) in FAILED_STARTS.items()}
     result = subprocess.run(
-        [sys.executable, "-m", "tests.pretrain_failures", json.dumps([c[0] for c in cases.values()])],
+        [sys.executable, "-m", "tests.program_failures", "trainers.pretrain", json.dumps([c[0] for c in cases.values()])],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = json.loads(result.stdout.strip().splitlines()[-1])
