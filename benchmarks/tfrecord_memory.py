@@ -16,7 +16,7 @@ shared data) is "1x"; "4x" is four copies of it as four files, written with
 4x the shards. Every training run makes the same number of steps with the
 same batch, so only the data size differs between the 1x and 4x rows.
 
-  python -m benchmarks.tfrecord_memory --steps=100
+  python -m benchmarks.tfrecord_memory --steps=50
 """
 
 import json
@@ -33,7 +33,7 @@ _SHARED = os.environ.get("KBERT_SHARED_DATA", os.path.join(_REPO, "..", "shared"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("scales", ["1", "4"], "Data sizes, in copies of WikiText-2 valid + test.")
-flags.DEFINE_integer("steps", 100, "Training steps per pretrain run.", lower_bound=1)
+flags.DEFINE_integer("steps", 50, "Training steps per pretrain run.", lower_bound=1)
 flags.DEFINE_integer("global_batch_size", 32, "Examples per step.", lower_bound=1)
 flags.DEFINE_integer("sequence_length", 128, "Tokens per example.", lower_bound=8)
 flags.DEFINE_integer("max_predictions_per_seq", 20, "Masked-LM slots per example.", lower_bound=1)
@@ -44,7 +44,10 @@ flags.DEFINE_string("work_dir", None, "Folder for the corpus copies, records and
 
 
 def _measure(module, *args):
-    """Runs `python -m module args` to its end; returns (peak RSS in MiB, seconds, output)."""
+    """Runs `python -m module args` to its end; returns (peak RSS in MiB, seconds, output).
+
+    Prints a progress line (the run and its numbers) to stderr.
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=_REPO, env=env,
@@ -55,6 +58,8 @@ def _measure(module, *args):
     seconds = time.perf_counter() - started
     if process.returncode:
         sys.exit(f"error: {module} {' '.join(args)} failed:\n{output[-3000:]}")
+    print(f"{module} {args[0]}: {usage.ru_maxrss / 1024:.0f} MiB, {seconds:.0f} s",
+          file=sys.stderr, flush=True)
     return usage.ru_maxrss / 1024, seconds, output
 
 
@@ -106,7 +111,6 @@ def main(argv):
                                     f"--corpus={','.join(corpus)}",
                                     f"--dupe_factor={FLAGS.dupe_factor}", *train)
         rows.append(("pretrain --corpus (in memory)", scale, f"{text_mb:.1f} MB text", peak, seconds))
-        print(f"x{scale} done", file=sys.stderr, flush=True)
 
     print(f"\nPeak RSS per process (bert_tiny, batch {FLAGS.global_batch_size} x "
           f"{FLAGS.sequence_length}, {FLAGS.steps} steps; dupe_factor {FLAGS.dupe_factor}; "

@@ -21,7 +21,6 @@ import tensorflow as tf
 from kbert.data import (
     MaskedLMMasker,
     PretrainingDataConfig,
-    corpus,
     merge_short_documents,
     pretraining_tfrecord_dataset,
     read_documents,
@@ -337,7 +336,7 @@ def test_shards_by_file_for_several_workers(kbert_shards):
         tf.data.experimental.AutoShardPolicy.DATA
 
 
-def test_corpus_streams_as_read_documents(folder, wikitext_valid):
+def test_corpus_streams_as_read_documents(folder, wikitext_valid, uncased_tokenizer):
     documents = list(stream_documents(wikitext_valid, block_bytes=4096))
     assert documents == read_documents(wikitext_valid)
     assert list(tfrecords._merged_documents(iter(documents))) == merge_short_documents(documents)
@@ -348,7 +347,12 @@ def test_corpus_streams_as_read_documents(folder, wikitext_valid):
     latin1.write_bytes(b"One.\n\nTwo.\n" + b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"latin1.txt:4: not UTF-8 \(byte 0xe9 at column 4\)"):
         list(stream_documents(str(latin1)))
-    assert corpus.corpus_files(str(latin1)) == [str(latin1)]
+    # The writer raises it as such (not as a tf.data error) and leaves no file behind.
+    config = PretrainingDataConfig(sequence_length=32, max_predictions_per_seq=4)
+    with pytest.raises(ValueError, match=r"latin1.txt:4: not UTF-8"):
+        write_pretraining_tfrecords(str(latin1), [str(folder / "bad.tfrecord")],
+                                    uncased_tokenizer, config)
+    assert not list(folder.glob("bad.tfrecord*"))
 
 
 def open_text(path):

@@ -11,6 +11,7 @@ masking (google-research/bert, 2019-05-31 release) is an option of the masker.
 """
 
 import dataclasses
+import itertools
 
 import numpy as np
 import tensorflow as tf
@@ -462,11 +463,7 @@ def build_pretraining_dataset(
     )
     masker = MaskedLMMasker.from_tokenizer(config, tokenizer, whole_word_mask)
     dataset = tf.data.Dataset.from_tensor_slices(
-        (
-            tf.ragged.constant(tokens_a, dtype=tf.int32, ragged_rank=1),
-            tf.ragged.constant(tokens_b, dtype=tf.int32, ragged_rank=1),
-            tf.constant(labels, tf.int32),
-        )
+        (ragged_rows(tokens_a), ragged_rows(tokens_b), tf.constant(labels, tf.int32))
     )
     if input_context is not None:
         dataset = dataset.shard(
@@ -483,6 +480,18 @@ def build_pretraining_dataset(
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def ragged_rows(rows):
+    """Lists of int -> an int32 `tf.RaggedTensor` `(len(rows), None)` (int64 row splits).
+
+    What `tf.ragged.constant(rows, tf.int32, ragged_rank=1)` gives, built from
+    one NumPy array: about 100x faster (tf.ragged.constant walks every
+    element in Python; minutes for a 10 MB corpus).
+    """
+    lengths = np.fromiter((len(row) for row in rows), np.int64, len(rows))
+    values = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(lengths.sum()))
+    return tf.RaggedTensor.from_row_lengths(values, lengths)
 
 
 def split_features_for_fit(features):

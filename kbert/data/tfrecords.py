@@ -15,6 +15,7 @@ reads what theirs writes.
 import collections
 import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import time
@@ -215,9 +216,14 @@ def write_pretraining_tfrecords(input_patterns, output_files, tokenizer, config,
     documents: a buffer is tokenized (`tokenize_documents`), paired
     (`create_sentence_pairs`, one pass; a random next segment comes from
     another document of the same buffer), shuffled, packed (`BertPacker`)
-    and masked once (`MaskedLMMasker`, token or whole-word masking; seeded by
-    `config.seed` and the batch's position), and written round-robin over
-    `output_files` as google-research/bert's writer does.
+    and masked once (`MaskedLMMasker`'s whole-word code, where for token
+    masking every piece is its own word; seeded by `config.seed` and the
+    batch's position), and written round-robin over `output_files` as
+    google-research/bert's writer does. A row gets
+    ceil(masked_lm_prob * its non-special tokens) predictions (at most
+    `max_predictions_per_seq`); google-research/bert takes
+    max(1, round(masked_lm_prob * all its tokens)), [CLS] and [SEP] included:
+    the same 19 for a full row of 128 at 0.15.
 
     Held in memory at once: one buffer of tokenized documents and its
     sentence pairs, about 1 MiB of raw text and one batch of features, so
@@ -267,9 +273,11 @@ def write_pretraining_tfrecords(input_patterns, output_files, tokenizer, config,
     continuation = word_continuation_ids(tokenizer.vocabulary) if whole_word_mask else []
     masker = MaskedLMMasker(config, tokenizer.vocab_size, special["mask"], special["cls"],
                             special["sep"], special["pad"], continuation_ids=continuation)
-    counts = collections.Counter()
+    counts, errors = collections.Counter(), []
+    source = _sentence_pairs(input_patterns, tokenizer, config, buffer_documents, counts)
+    first = next(source)  # a bad first buffer fails here, before the pipeline is traced
     pairs = tf.data.Dataset.from_generator(
-        lambda: _sentence_pairs(input_patterns, tokenizer, config, buffer_documents, counts),
+        lambda: _kept_errors(itertools.chain([first], source), errors),
         output_signature=(
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([], tf.int32),
@@ -279,11 +287,15 @@ def write_pretraining_tfrecords(input_patterns, output_files, tokenizer, config,
     writers = [tf.io.TFRecordWriter(path) for path in temporary]
     try:
         for features in pack_and_mask_batches(pairs, packer, masker):
+            if errors:
+                break
             features = {k: v.numpy() for k, v in features.items()}
             _count(counts, features, special)
             for i in range(len(features["next_sentence_labels"])):
                 writers[counts["examples"] % len(writers)].write(serialize_example(features, i))
                 counts["examples"] += 1
+        if errors:  # raised as itself, not as the TF error from_generator would make of it
+            raise errors[0]
         for writer in writers:
             writer.close()
         for path, final in zip(temporary, output_files):
@@ -297,6 +309,14 @@ def write_pretraining_tfrecords(input_patterns, output_files, tokenizer, config,
         list(output_files), counts["examples"], counts["documents"], counts["predictions"],
         counts["masked_tokens"], counts["random_next"], time.perf_counter() - started,
     )
+
+
+def _kept_errors(items, errors):
+    """Yields from `items`; an exception ends the stream and is appended to `errors`."""
+    try:
+        yield from items
+    except (OSError, ValueError) as e:
+        errors.append(e)
 
 
 def _sentence_pairs(input_patterns, tokenizer, config, buffer_documents, counts):
