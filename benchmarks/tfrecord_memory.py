@@ -116,7 +116,7 @@ def main(argv):
           f"{FLAGS.sequence_length}, {FLAGS.steps} steps; dupe_factor {FLAGS.dupe_factor}; "
           f"--buffer_documents {FLAGS.buffer_documents}; work dir {work})")
     print("| run | data | input | peak RSS (MiB) | seconds |\n|---|---|---|---|---|")
-    for name, scale, what, peak, seconds in sorted(rows, key=lambda r: (r[0], r[1])):
+    for name, scale, what, peak, seconds in sorted(rows, key=lambda r: (r[0].split(" (")[0], r[1])):
         print(f"| {name} | {scale}x | {what} | {peak:.0f} | {seconds:.0f} |")
 
 

@@ -295,6 +295,19 @@ def test_stream_resumes_in_place_and_remasks(kbert_shards, uncased_tokenizer, vo
     config = PretrainingDataConfig(sequence_length=SEQ, max_predictions_per_seq=PRED, seed=9)
     masker = MaskedLMMasker.from_tokenizer(config, uncased_tokenizer, whole_word_mask=True)
     remasked = batches(masker=masker)
+    token_masker = MaskedLMMasker.from_tokenizer(config, uncased_tokenizer)
+    for a, b in zip(batches(masker=token_masker)[2:], batches(skip=2, masker=token_masker, count=2)):
+        for name in NAMES:  # re-masked streams resume exactly too
+            np.testing.assert_array_equal(a[name], b[name])
+    # With an input pipeline of 2 (distribute_datasets_from_function), a step takes 8 / 2
+    # records from each pipeline's own files.
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                         num_replicas_in_sync=2)
+    piped = [[b["token_ids"] for b in pretraining_tfrecord_dataset(
+        paths, 8, SEQ, PRED, seed=3, skip_batches=skip, input_context=context).take(4 - skip)]
+        for skip in (0, 3)]
+    assert piped[0][0].shape == (4, SEQ)
+    np.testing.assert_array_equal(piped[0][3], piped[1][0])
     rows = []
     for static, dynamic in zip(first, remasked):
         np.testing.assert_array_equal(tfrecords.unmask(dynamic), tfrecords.unmask(static))
@@ -404,19 +417,29 @@ def test_programs_write_records_and_pretrain_from_them(folder, sentences, uncase
 @pytest.mark.slow
 def test_resumed_run_on_records_equals_an_uninterrupted_one(folder, sentences, uncased_vocab,
                                                             uncased_tokenizer):
+    """A run killed after its step-3 checkpoint and run again ends with the uninterrupted
+    run's weights (the same schedule, data from the same place, dropout state restored)."""
+    import shutil
+
+    import keras
+
     config = PretrainingDataConfig(sequence_length=32, max_predictions_per_seq=4, seed=1)
     paths = tfrecords.shard_paths(str(folder / "resume.tfrecord"), 2)
     write_pretraining_tfrecords(sentences, paths, uncased_tokenizer, config)
     train = [f"--input_files={folder}/resume.tfrecord-*", f"--vocab_file={uncased_vocab}",
              "--global_batch_size=4", "--sequence_length=32", "--max_predictions_per_seq=4",
-             "--checkpoint_every=3"]
-    assert _run("trainers.pretrain", f"--model_dir={folder}/straight", "--train_steps=6", *train)[0] == 0
-    assert _run("trainers.pretrain", f"--model_dir={folder}/resumed", "--train_steps=3", *train)[0] == 0
-    code, output = _run("trainers.pretrain", f"--model_dir={folder}/resumed", "--train_steps=6", *train)
+             "--checkpoint_every=3", "--train_steps=6"]
+    straight, resumed = folder / "straight", folder / "resumed"
+    assert _run("trainers.pretrain", f"--model_dir={straight}", *train)[0] == 0
+    # What a kill between the checkpoints at steps 3 and 6 leaves behind.
+    shutil.copytree(straight, resumed)
+    for path in [*resumed.glob("ckpt-6.*"), resumed / "pretrainer.keras",
+                 resumed / "encoder.keras", resumed / "summary.json"]:
+        path.unlink()
+    (resumed / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
+    code, output = _run("trainers.pretrain", f"--model_dir={resumed}", *train)
     assert code == 0 and "Starting at step 3 of 6" in output, output[-2000:]
-    import keras
-
-    straight, resumed = (keras.saving.load_model(folder / name / "pretrainer.keras")
-                         for name in ("straight", "resumed"))
-    for a, b in zip(straight.weights, resumed.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    a, b = (keras.saving.load_model(name / "pretrainer.keras") for name in (straight, resumed))
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.path)

@@ -552,10 +552,13 @@ def pretraining_tfrecord_dataset(
     are sharded here, and `batch_size` becomes the per-replica batch.
 
     Resuming: the stream depends only on the files, `seed` and the batch
-    size, so `skip_batches=n` continues where a run that consumed n batches
-    stopped (the skipped records are read but not parsed; with a `masker`
-    they are also parsed and masked, which keeps the masker's random
-    stream in step).
+    size, so `skip_batches=n` continues where a run that made n steps
+    stopped: it skips n * batch_size records (read, not parsed), or
+    n * batch_size / workers of each worker's own files when they are
+    sharded by file (tf.distribute gives every replica a share of each
+    worker's batches), or n * batch_size / input pipelines with
+    `input_context`. Exact when the batch size divides evenly (the trainer
+    requires a multiple of the replicas).
 
     Args:
         file_patterns: str (comma-separated) or list of str, TFRecord files or globs.
@@ -573,7 +576,10 @@ def pretraining_tfrecord_dataset(
             given, every batch is unmasked (`unmask`) and masked again
             (dynamic masking; records written with `masked_lm_prob=0` are
             simply masked), keyed by `masker.config.seed` and a hash of the
-            batch's records, so a reshuffled epoch gets new masks.
+            batch's records, so a reshuffled epoch gets new masks. A token
+            masker runs through the stateless code of whole-word masking
+            with every piece its own word (same distribution), so masks
+            never depend on what came before in the stream.
         num_workers: int, workers that will shard this dataset (see above).
         cycle_length: int, files read at once (default min(files, 16)).
         vocab_size: optional int, checked against the first records' ids.
@@ -613,9 +619,22 @@ def pretraining_tfrecord_dataset(
     if drop_remainder is None:
         drop_remainder = repeat
 
+    by_file = len(files) >= max(2, num_workers)
+    # Records each input pipeline reads per global batch: tf.distribute splits
+    # a FILE-sharded worker's batches among all replicas (`rebatch`), so each
+    # worker's stream advances by batch_size / workers per step.
+    consumers = num_workers if by_file else 1
+    global_batch_size = batch_size
+    if masker is not None and not masker.whole_word_mask:
+        # tensorflow-text's 80/10/10 draws are stateful (they depend on the
+        # batches masked before); the whole-word code with every piece its own
+        # word masks tokens alike, statelessly, so a resumed stream is exact.
+        masker = MaskedLMMasker(masker.config, masker.vocab_size, masker.mask_id,
+                                *masker.unselectable_ids, continuation_ids=[])
     dataset = tf.data.Dataset.from_tensor_slices(files)
     shard_records = False
     if input_context is not None:
+        consumers = input_context.num_input_pipelines
         pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
         if len(files) >= pipelines:
             dataset = dataset.shard(pipelines, index)
@@ -637,8 +656,8 @@ def pretraining_tfrecord_dataset(
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    if skip_batches and masker is None:
-        dataset = dataset.skip(skip_batches * batch_size)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches * global_batch_size // consumers)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     spec = {}
@@ -658,7 +677,6 @@ def pretraining_tfrecord_dataset(
         features["next_sentence_labels"] = features["next_sentence_labels"][:, 0]
         if masker is None:
             return features
-        tf.random.set_seed(masker.config.seed)  # see `pack_and_mask_batches`
         packed = {name: features[name] for name in ("segment_ids", "padding_mask")}
         packed["token_ids"] = unmask(features)
         # The batch's records key its masks: a position counter (`enumerate`,
@@ -668,17 +686,11 @@ def pretraining_tfrecord_dataset(
         remasked["next_sentence_labels"] = features["next_sentence_labels"]
         return remasked
 
-    if masker is None:
-        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        dataset = dataset.map(parse)  # in order: the masker may draw stateful random numbers
-        if skip_batches:
-            dataset = dataset.skip(skip_batches)
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE
-        if len(files) >= max(2, num_workers)
+        tf.data.experimental.AutoShardPolicy.FILE if by_file
         else tf.data.experimental.AutoShardPolicy.DATA
     )
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
