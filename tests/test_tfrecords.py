@@ -7,6 +7,7 @@ Input: WikiText-2 valid, rewritten one sentence per line with a blank line betwe
 articles (the format both writers document), cut to keep the default suite short.
 """
 
+import json
 import os
 import random
 import re
@@ -405,13 +406,61 @@ def test_programs_write_records_and_pretrain_from_them(folder, sentences, uncase
     settings = (folder / "run" / "pretrain_config.json").read_text()
     assert f'"{shards[0]}"' in settings and '"input_files_digest": "' in settings
 
-    # A length that differs from the records': one line, before anything is created.
-    code, output = _run("trainers.pretrain", f"--model_dir={folder}/run64", "--train_steps=2",
-                        *train[:-2], "--sequence_length=64", "--max_predictions_per_seq=4")
-    assert code == 1 and output.strip() == (
-        f"error: --input_files: {shards[0]}: feature input_ids has length 32 in the first "
-        "record, but sequence_length is 64."), output[-2000:]
-    assert not (folder / "run64").exists()
+    # Bad command lines: one `error:` line each, nothing created (one process per program,
+    # tests/program_failures.py; test_pretrain_program checks the console of a real process).
+    new = f"--model_dir={folder}/new"
+    shard = shards[0]
+    pretrain_cases = {
+        "error: --input_files: {shard}: feature input_ids has length 32 in the first record, "
+        "but sequence_length is 64.": [new, *train[:-2], "--sequence_length=64",
+                                       "--max_predictions_per_seq=4"],
+        "error: --input_files: {shard}: feature masked_lm_positions has length 4 in the first "
+        "record, but max_predictions_per_seq is 5.": [new, *train[:-1], "--max_predictions_per_seq=5"],
+        "error: --input_files and --corpus exclude each other": [new, *train, f"--corpus={small}"],
+        "error: --input_files needs --vocab_file": [new, train[0], *train[2:]],
+        "error: --input_files: {small} is not a TFRecord file (corrupted record at 0":
+            [new, f"--input_files={small}", *train[1:]],
+        "error: --input_files: No TFRecord file matches": [new, f"--input_files={folder}/absent-*",
+                                                            *train[1:]],
+    }
+    assert_failures("trainers.pretrain", pretrain_cases, shard=shard, small=small)
+    assert not (folder / "new").exists()
+
+
+def assert_failures(program, cases, **names):
+    """Runs `program` on each failing command line (values) in one process
+    (tests/program_failures.py); each must stop with its one-line message (keys)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.program_failures", program, json.dumps(list(cases.values()))],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    for message, (status, printed) in zip(cases, outcomes, strict=True):
+        message = message.format(**names)
+        assert str(status).startswith(message) and "\n" not in str(status), (message, status)
+        assert not printed.strip(), printed[-2000:]
+
+
+@pytest.mark.slow
+def test_create_pretraining_data_refuses_bad_input(folder, sentences, uncased_vocab):
+    existing = folder / "existing.tfrecord"
+    existing.write_bytes(b"")
+    write = [f"--input_file={sentences}", f"--vocab_file={uncased_vocab}"]
+    latin1 = folder / "latin1-input.txt"
+    latin1.write_bytes(b"One. Two.\n\ncaf\xe9 au lait.\n")
+    assert_failures("trainers.create_pretraining_data", {
+        "error: --output_files: {existing} exists; pass --overwrite to replace it.":
+            [*write, f"--output_files={existing}"],
+        "error: --input_file: No corpus file matches": [
+            f"--input_file={folder}/absent-*.txt", *write[1:], f"--output_files={folder}/new.tfrecord"],
+        "error: --input_file: {latin1}:3: not UTF-8 (byte 0xe9 at column 4)":
+            [f"--input_file={latin1}", *write[1:], f"--output_files={folder}/new.tfrecord"],
+        "error: --max_predictions_per_seq=20 must be in [1, max_seq_length - 3 = 13].":
+            [*write, f"--output_files={folder}/new.tfrecord", "--max_seq_length=16"],
+        "error: --num_shards=2 takes one --output_files name; received 2.":
+            [*write, f"--output_files={folder}/a,{folder}/b", "--num_shards=2"],
+    }, existing=existing, latin1=latin1)
+    assert not list(folder.glob("new.tfrecord*")) and existing.read_bytes() == b""
 
 
 @pytest.mark.slow
