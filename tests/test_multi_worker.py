@@ -47,12 +47,18 @@ def _log_tail(path, lines=40):
 
 
 @contextlib.contextmanager
-def _workers(out_dir, session, extra_args):
+def _workers(out_dir, session, extra_args, command=None):
     """Starts one process per entry of `extra_args` as the workers of a fresh cluster.
 
-    Yields the `subprocess.Popen`s; on leaving (also on failure) kills every
-    one still running, so no worker outlives the test.
+    Worker `i` runs `command + extra_args[i]` (default command: this file's
+    job, tests/multi_worker_job.py, on `out_dir`) with its `TF_CONFIG`, its
+    output in `out_dir/session<session>_worker<i>.log`. Yields the
+    `subprocess.Popen`s; on leaving (also on failure) kills every one still
+    running, so no worker outlives the test.
     """
+    if command is None:
+        command = [sys.executable, "-m", "tests.multi_worker_job", f"--out_dir={out_dir}",
+                   f"--steps={STEPS}", f"--checkpoint_every={EVERY}"]
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(len(extra_args))]
     processes = []
     try:
@@ -61,9 +67,7 @@ def _workers(out_dir, session, extra_args):
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2")
             with open(out_dir / f"session{session}_worker{index}.log", "w") as log:
                 processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "tests.multi_worker_job", f"--out_dir={out_dir}",
-                     f"--steps={STEPS}", f"--checkpoint_every={EVERY}", *args],
-                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    [*command, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                 ))
         yield processes
     finally:

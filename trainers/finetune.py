@@ -16,8 +16,18 @@ Writes to --model_dir: task_config.json, vocab.txt, tokenizer_config.json,
 bert_config.json, checkpoints/ (resume), best.weights.h5, eval_history.json,
 metrics.json, history.csv, logs/ (TensorBoard), model.keras (the best epoch),
 and export/ (SavedModel + TFLite) unless --export=false.
+
+Multi-worker (--strategy=multi_worker, MultiWorkerMirroredStrategy): start the
+same command on every host with its TF_CONFIG and one --model_dir that all
+hosts share (NFS, GCS). --global_batch_size is the batch of all workers
+together; each worker trains on its slice of every batch, so a run trains like
+one process on the same flags. Every worker evaluates after each epoch (the
+same numbers); only the chief writes --model_dir and exports; the others keep
+resume checkpoints in checkpoints/workertemp_<index>, deleted at the end, and
+wait for the chief to finish.
 """
 
+import json
 import os
 import sys
 
@@ -107,9 +117,22 @@ def _check_tflite_recipes():
                             f"{FLAGS.task} export writes a SavedModel).")
 
 
+def _barrier(strategy, worker, while_doing):
+    """`multi_worker.barrier`, failing with one line when a peer stopped `while_doing`."""
+    import tensorflow as tf
+
+    from kbert.training import multi_worker
+
+    try:
+        multi_worker.barrier(strategy)
+    except tf.errors.OpError as e:
+        _fail(f"{worker.task_type} {worker.task_index}: another worker stopped {while_doing} "
+              f"(see its log): {e.message.splitlines()[0]}")
+
+
 def main(argv):
     del argv
-    from kbert.training import distribute, runs
+    from kbert.training import distribute, multi_worker, runs
 
     runs.quiet_logging(FLAGS["verbosity"].present)
     if FLAGS.num_epochs is not None and FLAGS.train_steps is not None:
@@ -122,13 +145,14 @@ def main(argv):
         if FLAGS.num_cpu_devices:
             distribute.split_cpu(FLAGS.num_cpu_devices)
         strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+        worker = multi_worker.parse_tf_config() if FLAGS.strategy == "multi_worker" else None
     except (ValueError, RuntimeError) as e:
         _fail(f"--strategy={FLAGS.strategy}: {e}")
+    chief = worker is None or worker.is_chief
 
     import keras
 
     from kbert.training import finetune_run, finetuning, optimization
-    from kbert.training.checkpointing import TrainingCheckpoint
 
     if FLAGS.global_batch_size % strategy.num_replicas_in_sync:
         _fail(
@@ -139,7 +163,8 @@ def main(argv):
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
     num_epochs = FLAGS.num_epochs or (None if FLAGS.train_steps else 3)
-    # Everything is checked before anything is written to --model_dir.
+    # Everything is checked (by every worker) before anything is written to --model_dir.
+    config_path = os.path.join(FLAGS.model_dir, "task_config.json")
     try:
         with strategy.scope():
             encoder, tokenizer, vocab_path = runs.load_starting_point(
@@ -174,20 +199,21 @@ def main(argv):
             "seed": FLAGS.seed,
             **task.settings(),
         }
-        created = not os.path.exists(FLAGS.model_dir)
-        os.makedirs(FLAGS.model_dir, exist_ok=True)
-        try:
-            runs.check_run_config(
-                os.path.join(FLAGS.model_dir, "task_config.json"), settings, "settings"
-            )
-        except runs.RunError:
-            if created:
-                os.rmdir(FLAGS.model_dir)
-            raise
+        runs.compare_run_config(config_path, settings, "settings")
+        if os.path.exists(FLAGS.model_dir) and not os.path.isdir(FLAGS.model_dir):
+            raise runs.RunError(f"--model_dir={FLAGS.model_dir} is a file, not a folder.")
     except (runs.RunError, ValueError, FileNotFoundError, IsADirectoryError) as e:
         _fail(str(e))
-    runs.write_tokenizer_files(FLAGS.model_dir, tokenizer, vocab_path)
-    encoder.bert_config.to_json_file(os.path.join(FLAGS.model_dir, "bert_config.json"))
+    # Multi-worker: the chief writes the shared folder after every worker has checked it.
+    if worker:
+        _barrier(strategy, worker, "while checking the run's settings")
+    if chief:
+        os.makedirs(FLAGS.model_dir, exist_ok=True)
+        runs.check_run_config(config_path, settings, "settings")  # writes it in a new run
+        runs.write_tokenizer_files(FLAGS.model_dir, tokenizer, vocab_path)
+        encoder.bert_config.to_json_file(os.path.join(FLAGS.model_dir, "bert_config.json"))
+    if worker:
+        _barrier(strategy, worker, "while the chief wrote the run's settings")
 
     schedule = finetuning.epoch_schedule(task.steps_per_epoch, num_epochs, FLAGS.train_steps)
     total_steps = sum(schedule)
@@ -200,8 +226,9 @@ def main(argv):
             global_clipnorm=FLAGS.global_clipnorm or None,
         )
         finetuning.compile_for_task(model, task.task, optimizer, jit_compile=FLAGS.jit_compile)
-        checkpoint = TrainingCheckpoint(
-            model, optimizer, os.path.join(FLAGS.model_dir, "checkpoints"), max_to_keep=2
+        # The chief's checkpoints/ (every worker restores from it; non-chiefs save aside).
+        checkpoint = multi_worker.WorkerCheckpoint(
+            model, optimizer, os.path.join(FLAGS.model_dir, "checkpoints"), worker, max_to_keep=2
         )
         start_step = checkpoint.restore_or_initialize()
 
@@ -216,10 +243,18 @@ def main(argv):
     try:
         final, summary = finetune_run.train_task(
             task, model, checkpoint, FLAGS.model_dir, schedule, start_step,
-            FLAGS.global_batch_size, FLAGS.checkpoint_every, runs.progress_verbosity(),
+            FLAGS.global_batch_size, FLAGS.checkpoint_every, runs.progress_verbosity(), worker,
         )
     except NonFiniteLossError as e:
         _fail(f"{e} The last good checkpoint is kept; lower --learning_rate or check the data.")
+    if not chief:
+        print(f"\n{worker.task_type} {worker.task_index} of {worker.num_workers} workers: "
+              f"{summary['steps_this_run']} steps trained; its evaluation per epoch: "
+              f"{json.dumps(summary['epochs'])}. The chief writes --model_dir.", flush=True)
+        # Until the chief has written everything: a worker that leaves early makes the
+        # chief's collective runtime report it as failed.
+        _barrier(strategy, worker, "before finishing the run's files")
+        return
     metrics_path = os.path.join(FLAGS.model_dir, "metrics.json")
     if FLAGS.export:
         from kbert.serving import ExportVerificationError
@@ -242,6 +277,8 @@ def main(argv):
     for name, check in (summary.get("export") or {}).get("checked", {}).items():
         print(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in check.items()))
     print(f"Details: {metrics_path}", flush=True)
+    if worker:
+        _barrier(strategy, worker, "while the chief wrote the run's files")
 
 
 if __name__ == "__main__":

@@ -140,9 +140,15 @@ class EvaluationCallback(keras.callbacks.Callback):
         history_path: optional str, a JSON file that collects one record
             per epoch (`epoch`, `step` and the results), kept across resumed runs.
 
+    Under `MultiWorkerMirroredStrategy` give every worker this callback
+    (each gets the same results, see `kbert.training.finetune_run.train_task`)
+    and only the chief a `history_path`.
+
     Attributes:
         eval_seconds: float, wall time spent evaluating (to separate it from
             training time).
+        records: list of this object's epoch records (`epoch`, `step` and the
+            results), the ones it added to `history_path`.
     """
 
     def __init__(self, evaluate, history_path=None):
@@ -150,6 +156,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.evaluate = evaluate
         self.history_path = history_path
         self.eval_seconds = 0.0
+        self.records = []
 
     def on_epoch_end(self, epoch, logs=None):
         started = time.time()
@@ -157,11 +164,13 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.eval_seconds += time.time() - started
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in results.items()})
+        step = int(self.model.optimizer.iterations.numpy())
+        record = dict(epoch=epoch + 1, step=step, **results)
+        self.records = [*(r for r in self.records if r["epoch"] != epoch + 1), record]
         if self.history_path:
             records = read_json(self.history_path, default=[])
-            step = int(self.model.optimizer.iterations.numpy())
             records = [r for r in records if r["epoch"] != epoch + 1]
-            records.append(dict(epoch=epoch + 1, step=step, **results))
+            records.append(record)
             write_json(self.history_path, records)
 
 
