@@ -563,6 +563,8 @@ def main(argv):
     else:
         metrics = {}
     print(json.dumps(summary.write(finished=True, extra=metrics)), flush=True)
+    if task:  # no worker leaves while another still works (its runtime would log an abort)
+        multi_worker.barrier(strategy)
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)
 
