@@ -5,6 +5,7 @@
 import keras
 from keras import ops
 
+from kbert.layers.fast_dropout import FastDropout
 from kbert.layers.position_embedding import PositionEmbedding
 
 
@@ -100,7 +101,7 @@ class BertEmbeddings(keras.layers.Layer):
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_eps, dtype="float32", name="layer_norm"
         )
-        self.dropout = keras.layers.Dropout(hidden_dropout_prob, dtype=self.dtype_policy)
+        self.dropout = FastDropout(hidden_dropout_prob, dtype=self.dtype_policy)
 
     def build(self, token_ids_shape, segment_ids_shape=None):
         self.token_embedding.build(token_ids_shape)

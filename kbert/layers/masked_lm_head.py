@@ -7,16 +7,38 @@ from keras import ops
 from kbert.layers.activations import get_activation
 
 
+def _matmul_transposed(x, matrix):
+    """`x @ matrix^T` for x `(B, P, D)` and matrix `(V, D)`, as `(B, P, V)`.
+
+    On TensorFlow one 2-D `MatMul` with `transpose_b`, whose gradient for
+    `matrix` comes out as `(V, D)`: `ops.matmul(x, ops.transpose(matrix))`
+    would also transpose that `(V, D)` gradient, a full pass over the
+    vocabulary matrix every step.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.matmul(x, ops.transpose(matrix))
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    logits = tf.matmul(tf.reshape(x, (-1, shape[-1])), matrix, transpose_b=True)
+    return tf.reshape(logits, tf.concat([shape[:-1], tf.shape(matrix)[:1]], 0))
+
+
 @keras.saving.register_keras_serializable(package="kbert")
 class MaskedLMHead(keras.layers.Layer):
     """Predicts the original token at each masked position.
 
     First gathers the `masked_lm_positions` from the sequence output (so the
     costly vocabulary projection runs only on the `P` predicted positions, as
-    in original BERT), then Dense(hidden_size) + activation + LayerNorm, then
-    logits = x @ E^T + b with E the token-embedding matrix (tied weights) and b
-    a `(vocab_size,)` output bias. Logits are float32 in every dtype policy
-    (the layer has `autocast=False` and computes the projection in float32).
+    in original BERT), then Dense(hidden_size) + activation + LayerNorm
+    (float32), then logits = x @ E^T + b with E the token-embedding matrix
+    (tied weights) and b a `(vocab_size,)` output bias. The projection runs in
+    the compute dtype: float32, or bfloat16/float16 under a mixed policy (as
+    keras-hub's `MaskedLMHead`: the matmul units' native type, products
+    accumulated in float32, each logit rounded once to the compute dtype).
+    Logits are float32 in every dtype policy: the projection's result is cast
+    to float32 before the float32 bias is added, and the layer has
+    `autocast=False`.
 
     Args:
         token_embedding: the `keras.layers.Embedding` whose matrix
@@ -51,7 +73,7 @@ class MaskedLMHead(keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if not isinstance(token_embedding, keras.layers.Embedding):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (the documented error of a wrong argument)
                 "`token_embedding` must be a keras.layers.Embedding; received "
                 f"{type(token_embedding).__name__}."
             )
@@ -98,10 +120,10 @@ class MaskedLMHead(keras.layers.Layer):
             sequence_output, ops.expand_dims(positions, -1), axis=1
         )
         x = self.activation(self.transform(x))
-        x = ops.cast(self.layer_norm(x), "float32")
-        embeddings = ops.cast(self.token_embedding.embeddings, "float32")  # [V, D]
-        logits = ops.matmul(x, ops.transpose(embeddings))  # [B, P, V]
-        return logits + ops.cast(self.output_bias, "float32")
+        x = ops.cast(self.layer_norm(x), self.compute_dtype)
+        embeddings = ops.cast(self.token_embedding.embeddings, self.compute_dtype)  # [V, D]
+        logits = _matmul_transposed(x, embeddings)  # [B, P, V]
+        return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
 
     def compute_output_shape(self, sequence_output_shape, masked_lm_positions_shape):
         return tuple(masked_lm_positions_shape) + (self.token_embedding.input_dim,)

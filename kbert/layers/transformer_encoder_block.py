@@ -4,7 +4,8 @@ al. 2019, section 3), matching google-research/bert `modeling.transformer_model`
 import keras
 from keras import ops
 
-from kbert.layers.activations import get_activation
+from kbert.layers.activations import get_activation, training_activation
+from kbert.layers.fast_dropout import FastDropout
 
 # Added to attention scores of padded keys. Scores are float32 here (see
 # `call`), so this is finite in every policy; exp(-1e9 - max) underflows to 0.
@@ -41,6 +42,12 @@ class TransformerEncoderBlock(keras.layers.Layer):
     `(hidden_size, hidden_size)` (BERT's checkpoint layout). Scores, the mask
     bias and the softmax are computed in float32 under every dtype policy;
     both LayerNorms run in float32 and use `layer_norm_eps`.
+
+    Train-step speed (values unchanged): in training, dropout is `FastDropout`
+    and the activation `training_activation(hidden_act)` (exact GELU with a
+    hand-written gradient, computed in float32); the block computes on
+    `(batch_size * sequence_length, hidden_size)`, so each Dense is one 2-D
+    MatMul that TensorFlow fuses with its bias add.
 
     Args:
         num_attention_heads: int, number of heads; must divide `hidden_size`.
@@ -113,6 +120,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
         self.activation = get_activation(hidden_act)
+        self.training_activation = training_activation(hidden_act)
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.layer_norm_eps = layer_norm_eps
@@ -152,10 +160,10 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_eps, dtype="float32", name="output_layer_norm"
         )
-        self.attention_dropout = keras.layers.Dropout(
+        self.attention_dropout = FastDropout(
             self.attention_probs_dropout_prob, dtype=self.dtype_policy
         )
-        self.hidden_dropout = keras.layers.Dropout(
+        self.hidden_dropout = FastDropout(
             self.hidden_dropout_prob, dtype=self.dtype_policy
         )
         for layer in (self.query, self.key, self.value, self.attention_output):
@@ -169,20 +177,29 @@ class TransformerEncoderBlock(keras.layers.Layer):
     def _norm(self, layer, x):
         return ops.cast(layer(x), self.compute_dtype)
 
-    def _split_heads(self, x):
-        # [B, S, D] -> [B, N, S, H]
-        batch_size, sequence_length = ops.shape(x)[0], ops.shape(x)[1]
+    def _split_heads(self, x, batch_size, length):
+        # [B*L, D] -> [B, N, L, H]
         x = ops.reshape(
-            x, (batch_size, sequence_length, self.num_attention_heads, self.head_size)
+            x, (batch_size, length, self.num_attention_heads, self.head_size)
         )
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def _self_attention(self, x, attention_bias, training, output_length=None):
-        queries = x if output_length is None else x[:, :output_length, :]
-        batch_size, sequence_length = ops.shape(queries)[0], ops.shape(queries)[1]
-        query = self._split_heads(self.query(queries))  # [B, N, F, H]
-        key = self._split_heads(self.key(x))  # [B, N, T, H]
-        value = self._split_heads(self.value(x))  # [B, N, T, H]
+    def _self_attention(self, x, shape, attention_bias, training, output_length):
+        # x: [B*T, D]; shape: (B, T).
+        batch_size, sequence_length = shape
+        if output_length is None:
+            queries, length = x, sequence_length
+        else:
+            queries = ops.reshape(
+                ops.reshape(x, (batch_size, sequence_length, self.hidden_size))[
+                    :, :output_length, :
+                ],
+                (-1, self.hidden_size),
+            )  # [B*F, D]
+            length = output_length
+        query = self._split_heads(self.query(queries), batch_size, length)  # [B, N, F, H]
+        key = self._split_heads(self.key(x), batch_size, sequence_length)  # [B, N, T, H]
+        value = self._split_heads(self.value(x), batch_size, sequence_length)  # [B, N, T, H]
         query = ops.multiply(
             query, ops.cast(1.0 / self.head_size**0.5, query.dtype)
         )
@@ -196,22 +213,30 @@ class TransformerEncoderBlock(keras.layers.Layer):
         )
         context = ops.matmul(probs, value)  # [B, N, F, H]
         context = ops.reshape(
-            ops.transpose(context, (0, 2, 1, 3)),
-            (batch_size, sequence_length, self.hidden_size),
-        )  # [B, F, D]
+            ops.transpose(context, (0, 2, 1, 3)), (-1, self.hidden_size)
+        )  # [B*F, D]
         return self.attention_output(context)
 
     def call(self, inputs, padding_mask=None, training=None, output_length=None):
-        x = inputs
+        # Static sizes where known, so the output keeps its static shape.
+        batch_size = inputs.shape[0] or ops.shape(inputs)[0]
+        sequence_length = inputs.shape[1] or ops.shape(inputs)[1]
         attention_bias = (
             None
             if padding_mask is None
             else attention_bias_from_padding_mask(padding_mask)
         )
-        residual = x if output_length is None else x[:, :output_length, :]
+        # The block runs on [B*S, D]: every Dense is then one 2-D MatMul that
+        # TensorFlow's graph optimizer fuses with its bias add.
+        x = ops.reshape(inputs, (-1, self.hidden_size))
+        residual = x
+        if output_length is not None:
+            residual = ops.reshape(inputs[:, :output_length, :], (-1, self.hidden_size))
         if self.norm_first:
             x = self._norm(self.attention_layer_norm, x)
-        x = self._self_attention(x, attention_bias, training, output_length)
+        x = self._self_attention(
+            x, (batch_size, sequence_length), attention_bias, training, output_length
+        )
         x = residual + self.hidden_dropout(x, training=training)
         if not self.norm_first:
             x = self._norm(self.attention_layer_norm, x)
@@ -219,11 +244,14 @@ class TransformerEncoderBlock(keras.layers.Layer):
         residual = x
         if self.norm_first:
             x = self._norm(self.output_layer_norm, x)
-        x = self.output_dense(self.activation(self.intermediate(x)))
+        # In training, the activation keeps less for the backward pass (same values).
+        activation = self.training_activation if training else self.activation
+        x = self.output_dense(activation(self.intermediate(x)))
         x = residual + self.hidden_dropout(x, training=training)
         if not self.norm_first:
             x = self._norm(self.output_layer_norm, x)
-        return x
+        length = sequence_length if output_length is None else output_length
+        return ops.reshape(x, (batch_size, length, self.hidden_size))  # [B, F, D]
 
     def compute_output_shape(self, inputs_shape, padding_mask_shape=None):
         return inputs_shape

@@ -1,0 +1,130 @@
+"""The train-step fast paths of kbert's layers: `FastDropout`, `training_activation` (exact GELU
+with a hand-written gradient), the block in training, the MLM head's projection in the compute
+dtype. References: NumPy (forward, finite differences) and TensorFlow's own autodiff."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kbert.layers import (
+    FastDropout,
+    MaskedLMHead,
+    TransformerEncoderBlock,
+    get_activation,
+    training_activation,
+)
+from tests.numpy_bert import encoder_block, gelu, randomize
+from tests.test_layers import _block_weights
+
+
+def test_fast_dropout_drops_at_rate_scales_and_masks_the_gradient():
+    layer = FastDropout(0.1, seed=3)
+    x = tf.constant(np.random.default_rng(0).uniform(1.0, 2.0, (400, 512)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+    dropped = y.numpy() == 0
+    # 204,800 Bernoulli(0.1) draws: the standard deviation of the fraction is 0.00066.
+    assert abs(dropped.mean() - 0.1) < 0.003
+    np.testing.assert_allclose(y.numpy()[~dropped], x.numpy()[~dropped] / 0.9, rtol=1e-6)
+    gradient = tape.gradient(y, x).numpy()
+    np.testing.assert_allclose(gradient, np.where(dropped, 0.0, 1 / 0.9), rtol=1e-6)
+    # Columns and rows are dropped independently (both 16-bit halves of each draw are used).
+    assert abs(dropped[:, 0::2].mean() - dropped[:, 1::2].mean()) < 0.006
+    # Inference is the identity; a new call draws a new mask.
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    assert (layer(x, training=True).numpy() == 0).mean() > 0.09
+    assert not np.array_equal(layer(x, training=True).numpy() == 0, dropped)
+
+
+def test_fast_dropout_is_reproducible_and_keeps_dtype():
+    x = tf.ones((8, 64))
+    a = FastDropout(0.5, seed=7, dtype="mixed_bfloat16")(x, training=True)
+    b = FastDropout(0.5, seed=7, dtype="mixed_bfloat16")(x, training=True)
+    assert a.dtype == tf.bfloat16
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a.numpy().astype("float32"))) == {0.0, 2.0}
+    # An odd last dimension takes keras.layers.Dropout's path: same contract.
+    odd = FastDropout(0.5, seed=7)(tf.ones((64, 9)), training=True).numpy()
+    assert set(np.unique(odd)) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_exact"])
+def test_training_gelu_values_equal_and_gradient_matches_finite_differences(name):
+    x = np.linspace(-7.0, 7.0, 2801)
+    lean, plain = training_activation(name), get_activation(name)
+    tensor = tf.constant(x, tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(tensor)
+        y_lean, y_plain = lean(tensor), plain(tensor)
+    np.testing.assert_array_equal(y_lean, y_plain)
+    step = 1e-6
+    numeric = (gelu(x + step) - gelu(x - step)) / (2 * step)  # NumPy, float64
+    np.testing.assert_allclose(tape.gradient(y_lean, tensor), numeric, atol=2e-6)
+    np.testing.assert_allclose(tape.gradient(y_lean, tensor), tape.gradient(y_plain, tensor), atol=3e-7)
+    assert training_activation("relu") is get_activation("relu")
+
+
+def test_training_gelu_on_bfloat16_computes_in_float32_once_rounded():
+    x = tf.constant(np.linspace(-5.0, 5.0, 1001), tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = training_activation("gelu")(x)
+    assert y.dtype == tf.bfloat16 and tape.gradient(y, x).dtype == tf.bfloat16
+    exact = gelu(x.numpy().astype(np.float64))
+    # One rounding to bfloat16 (8 significant bits): relative error <= 2**-8.
+    np.testing.assert_allclose(y.numpy().astype(np.float64), exact, rtol=2**-8, atol=1e-30)
+
+
+def test_block_in_training_matches_numpy_and_tensorflow_autodiff():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], "int32")
+    block = TransformerEncoderBlock(num_attention_heads=2, intermediate_size=16,
+                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    block.build((None, None, 8))
+    randomize(block)
+    upstream = tf.constant(rng.normal(size=x.shape), tf.float32)
+    expected = encoder_block(x.astype(np.float64), mask.astype(np.float64), _block_weights(block), 2, 1e-12)
+    real = mask.astype(bool)
+    gradients = {}
+    for training in (True, False):  # True: the lean GELU (dropout rate 0)
+        with tf.GradientTape() as tape:
+            out = block(x, padding_mask=mask, training=training)
+            loss = tf.reduce_sum(out * upstream)
+        gradients[training] = tape.gradient(loss, block.trainable_weights)
+        np.testing.assert_allclose(out.numpy()[real], expected[real], atol=1e-5)
+    for lean, plain in zip(gradients[True], gradients[False], strict=True):
+        np.testing.assert_allclose(lean, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_masked_lm_head_projection_dtype_and_embedding_gradient(policy):
+    embedding = keras.layers.Embedding(50, 8, dtype=policy)
+    embedding.build((None, None))
+    head = MaskedLMHead(embedding, dtype=policy)
+    head.build((None, None, 8))
+    randomize(head)
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 6, 8)), tf.float32)
+    positions = np.array([[0, 3, 5], [5, 5, 1]], "int32")
+    upstream = np.random.default_rng(2).normal(size=(2, 3, 50))
+    with tf.GradientTape() as tape:
+        logits = head(x, positions)
+        loss = tf.reduce_sum(logits * upstream)
+    assert logits.dtype == tf.float32
+    gradient = tape.gradient(loss, embedding.embeddings)
+    assert gradient.shape == (50, 8)
+    # NumPy: the LayerNorm output h (from the head's own sublayers, float32) gives
+    # logits = h E^T + b and dLoss/dE = upstream^T h.
+    gathered = np.take_along_axis(x.numpy(), positions[..., None], axis=1)
+    h = head.layer_norm(head.activation(head.transform(gathered))).numpy().reshape(-1, 8)
+    table = embedding.embeddings.numpy()
+    expected_logits = (h @ table.T).reshape(2, 3, 50) + head.output_bias.numpy()
+    expected_gradient = upstream.reshape(-1, 50).T @ h
+    # float32: exact up to summation order; bfloat16: the operands and each logit rounded
+    # to 8 significant bits (products accumulated in float32).
+    rtol, atol = (1e-5, 1e-5) if policy == "float32" else (2e-2, 2e-2 * np.abs(expected_logits).max())
+    np.testing.assert_allclose(logits, expected_logits, rtol=rtol, atol=atol)
+    scale = np.abs(expected_gradient).max()
+    np.testing.assert_allclose(gradient, expected_gradient, atol=1e-5 * scale if policy == "float32" else 2e-2 * scale)
