@@ -30,6 +30,7 @@ wait for the chief to finish.
 import json
 import os
 import sys
+import warnings
 
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -66,7 +67,7 @@ flags.DEFINE_integer("checkpoint_every", 500, "Steps between resume checkpoints 
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).", lower_bound=0)
 flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
+flags.DEFINE_enum("mixed_precision", "none", ["auto", "none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native (TPU, GPU >= 8.0, CPU with AVX-512 BF16/AMX), else float32.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("seed", 12345, "Seed for batches and the head's initialisation.")
 flags.DEFINE_bool("export", True, "Export the best model (SavedModel + TFLite) at the end.")
@@ -160,8 +161,15 @@ def main(argv):
             f"{strategy.num_replicas_in_sync} replicas of --strategy={FLAGS.strategy}."
         )
     keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    from kbert.training import precision
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", precision.EmulatedPrecisionWarning)
+        policy = precision.resolve_mixed_precision(FLAGS.mixed_precision, strategy=strategy)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+    if policy != "float32":
+        keras.mixed_precision.set_global_policy(policy)
     num_epochs = FLAGS.num_epochs or (None if FLAGS.train_steps else 3)
     # Everything is checked (by every worker) before anything is written to --model_dir.
     config_path = os.path.join(FLAGS.model_dir, "task_config.json")

@@ -50,6 +50,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 
 if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -59,6 +60,7 @@ from absl import app, flags
 from kbert.models.presets import PRESETS
 
 RUN_CONFIG = "pretrain_config.json"
+_POLICY = {"name": "none"}  # --mixed_precision resolved for this machine (see main)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Output folder (checkpoints, logs, models); a rerun resumes the run in it.")
@@ -89,7 +91,7 @@ flags.DEFINE_float("global_clipnorm", 1.0, "Clip the replica-summed gradient to 
 flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches per optimizer step; --global_batch_size is per step.", lower_bound=1)
 flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call (TPU: e.g. 100; 1 under --strategy=mirrored).", lower_bound=1)
 flags.DEFINE_string("init_checkpoint", None, "Start a new run from these weights (BERT phase 2: a phase-1 run folder or its ckpt-N, with --sequence_length=512; position embeddings kept).")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
+flags.DEFINE_enum("mixed_precision", "none", ["auto", "none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native (TPU, GPU >= 8.0, CPU with AVX-512 BF16/AMX), else float32.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.", lower_bound=1)
 flags.DEFINE_integer("seed", 12345, "Seed for data and initialisation.")
@@ -337,7 +339,7 @@ def _plan(model_dir):
         "learning_rate": FLAGS.learning_rate,
         "warmup_steps": FLAGS.warmup_steps,
         "weight_decay": FLAGS.weight_decay,
-        "mixed_precision": FLAGS.mixed_precision,
+        "mixed_precision": _POLICY["name"],
         "optimizer": FLAGS.optimizer,
         "global_clipnorm": FLAGS.global_clipnorm,
         "gradient_accumulation_steps": FLAGS.gradient_accumulation_steps,
@@ -424,7 +426,14 @@ def main(argv):
     import keras
 
     from kbert import checkpoints, data, models, training
-    from kbert.training import pretraining
+    from kbert.training import precision, pretraining
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", precision.EmulatedPrecisionWarning)
+        policy = precision.resolve_mixed_precision(FLAGS.mixed_precision, strategy=strategy)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+    _POLICY["name"] = "none" if policy == "float32" else policy  # as runs recorded it before
 
     accumulation = FLAGS.gradient_accumulation_steps
     if FLAGS.global_batch_size % (strategy.num_replicas_in_sync * accumulation):
@@ -455,8 +464,8 @@ def main(argv):
                   else [os.path.join(FLAGS.model_dir, "default_corpus.txt")])
     tokenizer = checkpoints.load_tokenizer(FLAGS.model_dir)  # the casing just written
     keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    if _POLICY["name"] != "none":
+        keras.mixed_precision.set_global_policy(_POLICY["name"])
 
     with strategy.scope():
         encoder = models.BertEncoder.from_bert_config(plan["config"])
