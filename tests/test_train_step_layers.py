@@ -1,6 +1,7 @@
-"""The train-step fast paths of kbert's layers: `FastDropout`, `training_activation` (exact GELU
-with a hand-written gradient), the block in training, the MLM head's projection in the compute
-dtype. References: NumPy (forward, finite differences) and TensorFlow's own autodiff."""
+"""The train-step fast paths of kbert's layers: `FastDropout`, the XLA-fused exact GELU and
+LayerNorm (`training_activation`, `training_ops`), the block in training, the MLM head's
+projection in the compute dtype. References: NumPy (forward, finite differences) and
+TensorFlow's own autodiff of the plain layers."""
 
 import keras
 import numpy as np
@@ -15,7 +16,7 @@ from kbert.layers import (
     training_activation,
 )
 from tests.numpy_bert import encoder_block, gelu, randomize
-from tests.test_layers import _block_weights
+from tests.test_layers import _block, _block_weights
 
 
 def test_fast_dropout_drops_at_rate_scales_and_masks_the_gradient():
@@ -51,7 +52,7 @@ def test_fast_dropout_is_reproducible_and_keeps_dtype():
 
 
 @pytest.mark.parametrize("name", ["gelu", "gelu_exact"])
-def test_training_gelu_values_equal_and_gradient_matches_finite_differences(name):
+def test_training_gelu_values_match_and_gradient_matches_finite_differences(name):
     x = np.linspace(-7.0, 7.0, 2801)
     lean, plain = training_activation(name), get_activation(name)
     tensor = tf.constant(x, tf.float32)
@@ -66,15 +67,44 @@ def test_training_gelu_values_equal_and_gradient_matches_finite_differences(name
     assert training_activation("relu") is get_activation("relu")
 
 
+def test_layer_norm_for_training_matches_keras_values_and_gradients():
+    from kbert.layers import training_ops
+
+    layer = keras.layers.LayerNormalization(epsilon=1e-12)
+    layer.build((None, 16))
+    randomize(layer)
+    rng = np.random.default_rng(4)
+    # bfloat16-exact inputs, so Keras' float32 LayerNorm of the same values is the reference.
+    x = tf.cast(tf.constant(3.0 + 2.0 * rng.normal(size=(64, 16)), tf.bfloat16), tf.float32)
+    upstream = tf.cast(tf.constant(rng.normal(size=(64, 16)), tf.bfloat16), tf.float32)
+    results = []
+    for dtype, norm in ((tf.bfloat16, training_ops.layer_norm), (tf.float32, lambda layer, x: layer(x))):
+        inputs = tf.cast(x, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = norm(layer, inputs)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+        assert y.dtype == dtype
+        results.append([tf.cast(t, tf.float32) for t in [y, *tape.gradient(loss, [inputs, layer.gamma, layer.beta])]])
+    # One XLA kernel in float32 with float32 gamma/beta; outputs and the input gradient
+    # rounded once to bfloat16 (8 significant bits).
+    for fused, plain in zip(*results, strict=True):
+        np.testing.assert_allclose(fused, plain, rtol=2**-8, atol=2**-8 * np.abs(plain.numpy()).max())
+    np.testing.assert_array_equal(training_ops.layer_norm(layer, x), layer(x))  # float32: the layer
+
+
 def test_training_gelu_on_bfloat16_computes_in_float32_once_rounded():
     x = tf.constant(np.linspace(-5.0, 5.0, 1001), tf.bfloat16)
     with tf.GradientTape() as tape:
         tape.watch(x)
         y = training_activation("gelu")(x)
-    assert y.dtype == tf.bfloat16 and tape.gradient(y, x).dtype == tf.bfloat16
-    exact = gelu(x.numpy().astype(np.float64))
-    # One rounding to bfloat16 (8 significant bits): relative error <= 2**-8.
-    np.testing.assert_allclose(y.numpy().astype(np.float64), exact, rtol=2**-8, atol=1e-30)
+    gradient = tape.gradient(y, x)
+    assert y.dtype == tf.bfloat16 and gradient.dtype == tf.bfloat16
+    points = x.numpy().astype(np.float64)
+    # One XLA kernel in float32, each result rounded once to bfloat16 (8 significant bits).
+    np.testing.assert_allclose(y.numpy().astype(np.float64), gelu(points), rtol=2**-8, atol=1e-30)
+    numeric = (gelu(points + 1e-6) - gelu(points - 1e-6)) / 2e-6
+    np.testing.assert_allclose(gradient.numpy().astype(np.float64), numeric, rtol=2**-8, atol=1e-6)
 
 
 def test_block_in_training_matches_numpy_and_tensorflow_autodiff():
@@ -89,7 +119,7 @@ def test_block_in_training_matches_numpy_and_tensorflow_autodiff():
     expected = encoder_block(x.astype(np.float64), mask.astype(np.float64), _block_weights(block), 2, 1e-12)
     real = mask.astype(bool)
     gradients = {}
-    for training in (True, False):  # True: the lean GELU (dropout rate 0)
+    for training in (True, False):  # True: the XLA GELU and LayerNorms (dropout rate 0)
         with tf.GradientTape() as tape:
             out = block(x, padding_mask=mask, training=training)
             loss = tf.reduce_sum(out * upstream)
@@ -128,3 +158,33 @@ def test_masked_lm_head_projection_dtype_and_embedding_gradient(policy):
     np.testing.assert_allclose(logits, expected_logits, rtol=rtol, atol=atol)
     scale = np.abs(expected_gradient).max()
     np.testing.assert_allclose(gradient, expected_gradient, atol=1e-5 * scale if policy == "float32" else 2e-2 * scale)
+
+
+def test_block_training_under_mixed_bfloat16_is_close_to_float32():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], "int32")
+    reference = _block()  # 2 heads, intermediate 16, no dropout
+    reference.build((None, None, 8))
+    randomize(reference)
+    mixed = _block(dtype="mixed_bfloat16")
+    mixed.build((None, None, 8))
+    mixed.set_weights(reference.get_weights())
+    upstream = tf.constant(rng.normal(size=x.shape), tf.float32)
+    results = []
+    for block in (reference, mixed):  # mixed: the XLA GELU and LayerNorms in training
+        with tf.GradientTape() as tape:
+            out = block(x, padding_mask=mask, training=True)
+            loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+        results.append((out, tape.gradient(loss, block.trainable_weights)))
+    (want, want_gradients), (got, got_gradients) = results
+    assert got.dtype == tf.bfloat16
+    real = mask.astype(bool)
+    # The tolerance of the forward precision test (test_layers: mixed_bfloat16, 1e-1).
+    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy()[real], want.numpy()[real], atol=1e-1)
+    # 5% of each gradient's largest entry; the key bias's true gradient is 0 (softmax ignores
+    # it), so every check gets at least 0.5% of the largest entry of all.
+    largest = max(np.abs(g.numpy()).max() for g in want_gradients)
+    for plain, lowered in zip(want_gradients, got_gradients, strict=True):
+        scale = max(np.abs(plain.numpy()).max(), 0.1 * largest)
+        np.testing.assert_allclose(tf.cast(lowered, tf.float32), plain, atol=0.05 * scale)

@@ -52,45 +52,14 @@ def get_activation(name):
         ) from error
 
 
-_SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
-_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
-
-
-def _gelu_exact_lean(x):
-    """Exact GELU whose backward pass keeps only `x` (TensorFlow; see `training_activation`)."""
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def gelu(x):
-        x32 = tf.cast(x, tf.float32)
-        # tf.nn.gelu(approximate=False)'s own expression, so float32 results are identical.
-        y = 0.5 * x32 * tf.math.erfc(-x32 * _SQRT_HALF)
-
-        def grad(upstream):
-            x32 = tf.cast(x, tf.float32)
-            # d/dx x*Phi(x) = Phi(x) + x*phi(x), Phi/phi the standard normal CDF/density.
-            cdf = 0.5 * tf.math.erfc(-x32 * _SQRT_HALF)
-            density = tf.exp(-0.5 * tf.square(x32)) * _INV_SQRT_2PI
-            return tf.cast(tf.cast(upstream, tf.float32) * (cdf + x32 * density), x.dtype)
-
-        return tf.cast(y, x.dtype), grad
-
-    return gelu(x)
-
-
 def training_activation(name):
-    """The activation `name` as a train step should compute it: same values, less memory.
+    """The activation `name` as a train step should compute it: same values, less time and memory.
 
-    For exact GELU ("gelu", "gelu_exact") on the TensorFlow backend this is a
-    function with a hand-written gradient, `Phi(x) + x * phi(x)`, that keeps
-    only its input for the backward pass (autodiff of `tf.nn.gelu` keeps
-    several intermediate tensors of the input's size, and BERT's 4x-wide
-    feed-forward activations are the largest of a step), and that computes in float32
-    whatever the input dtype (a bfloat16 `erfc` is emulated element by
-    element on CPUs and several times slower), returning the input dtype.
-    Forward values equal `get_activation(name)`'s in float32 (same
-    expression) and are rounded once to a bfloat16/float16 input's dtype.
-    Every other name returns `get_activation(name)`.
+    For exact GELU ("gelu", "gelu_exact") on the TensorFlow backend this is
+    `kbert.layers.training_ops.gelu_exact`: a hand-written gradient that
+    keeps one tensor for the backward pass, computed in float32 (by one XLA
+    kernel for bfloat16/float16 inputs). Every other name returns
+    `get_activation(name)`.
 
     Args:
         name: str, as for `get_activation`.
@@ -103,5 +72,7 @@ def training_activation(name):
     """
     activation = get_activation(name)
     if name in ("gelu", "gelu_exact") and keras.backend.backend() == "tensorflow":
-        return _gelu_exact_lean
+        from kbert.layers.training_ops import gelu_exact
+
+        return gelu_exact
     return activation

@@ -5,6 +5,7 @@
 import keras
 from keras import ops
 
+from kbert.layers import training_ops
 from kbert.layers.fast_dropout import FastDropout
 from kbert.layers.position_embedding import PositionEmbedding
 
@@ -138,7 +139,10 @@ class BertEmbeddings(keras.layers.Layer):
         tokens = self.token_embedding(token_ids)
         x = tokens + self.segment_embedding(segment_ids)
         x = x + self.position_embedding(tokens)
-        x = ops.cast(self.layer_norm(x), self.compute_dtype)
+        if training:  # the same float32 LayerNorm; one XLA kernel under mixed precision
+            x = training_ops.layer_norm(self.layer_norm, x)
+        else:
+            x = ops.cast(self.layer_norm(x), self.compute_dtype)
         return self.dropout(x, training=training)
 
     def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):

@@ -4,6 +4,7 @@ al. 2019, section 3), matching google-research/bert `modeling.transformer_model`
 import keras
 from keras import ops
 
+from kbert.layers import training_ops
 from kbert.layers.activations import get_activation, training_activation
 from kbert.layers.fast_dropout import FastDropout
 
@@ -43,9 +44,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
     bias and the softmax are computed in float32 under every dtype policy;
     both LayerNorms run in float32 and use `layer_norm_eps`.
 
-    Train-step speed (values unchanged): in training, dropout is `FastDropout`
-    and the activation `training_activation(hidden_act)` (exact GELU with a
-    hand-written gradient, computed in float32); the block computes on
+    Train-step speed (same values to within float32 rounding): in training,
+    dropout is `FastDropout`, the activation `training_activation(hidden_act)`
+    and the LayerNorms `training_ops.layer_norm` (under mixed precision each
+    one XLA-compiled elementwise kernel; matmuls stay with TensorFlow's
+    oneDNN kernels); the block computes on
     `(batch_size * sequence_length, hidden_size)`, so each Dense is one 2-D
     MatMul that TensorFlow fuses with its bias add.
 
@@ -174,7 +177,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.output_layer_norm.build(inputs_shape)
         self.built = True
 
-    def _norm(self, layer, x):
+    def _norm(self, layer, x, training=None):
+        if training:  # the same float32 LayerNorm; one XLA kernel under mixed precision
+            return training_ops.layer_norm(layer, x)
         return ops.cast(layer(x), self.compute_dtype)
 
     def _split_heads(self, x, batch_size, length):
@@ -233,23 +238,23 @@ class TransformerEncoderBlock(keras.layers.Layer):
         if output_length is not None:
             residual = ops.reshape(inputs[:, :output_length, :], (-1, self.hidden_size))
         if self.norm_first:
-            x = self._norm(self.attention_layer_norm, x)
+            x = self._norm(self.attention_layer_norm, x, training)
         x = self._self_attention(
             x, (batch_size, sequence_length), attention_bias, training, output_length
         )
         x = residual + self.hidden_dropout(x, training=training)
         if not self.norm_first:
-            x = self._norm(self.attention_layer_norm, x)
+            x = self._norm(self.attention_layer_norm, x, training)
 
         residual = x
         if self.norm_first:
-            x = self._norm(self.output_layer_norm, x)
+            x = self._norm(self.output_layer_norm, x, training)
         # In training, the activation keeps less for the backward pass (same values).
         activation = self.training_activation if training else self.activation
         x = self.output_dense(activation(self.intermediate(x)))
         x = residual + self.hidden_dropout(x, training=training)
         if not self.norm_first:
-            x = self._norm(self.output_layer_norm, x)
+            x = self._norm(self.output_layer_norm, x, training)
         length = sequence_length if output_length is None else output_length
         return ops.reshape(x, (batch_size, length, self.hidden_size))  # [B, F, D]
 

@@ -1,0 +1,132 @@
+"""Exact GELU and LayerNorm as a train step should run them (TensorFlow backend).
+
+Same values (to within float32 rounding), less time and memory than Keras'
+ops under autodiff. For bfloat16/float16 inputs (mixed precision) each is
+one XLA-compiled elementwise kernel forward and backward: TensorFlow would
+run every elementwise op, and the casts to and from float32 around them, as
+its own pass over memory, and emulates bfloat16 `erfc` element by element on
+CPUs. Compiling the whole train step instead is slower on CPUs (XLA's
+matmuls are not oneDNN's: `benchmarks/train_throughput.py --jit_compile`
+measured 16% slower in float32 and 2x slower in mixed_bfloat16 for
+`bert_small`), so only these elementwise chains are compiled and the
+matmuls stay with TensorFlow. For float32 inputs XLA's kernels measured
+slower than TensorFlow's (2% on the `bert_small` step), so there GELU is
+TensorFlow ops with a hand-written gradient and LayerNorm is Keras'.
+kbert's layers call these in training only: inference, SavedModel and
+TFLite graphs are unchanged. XLA compiles each new input shape once (a few
+tenths of a second).
+"""
+
+import functools
+
+import keras
+
+_SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
+
+
+def _gelu_and_derivative(x):
+    import tensorflow as tf
+
+    x32 = tf.cast(x, tf.float32)
+    cdf = 0.5 * tf.math.erfc(-x32 * _SQRT_HALF)  # Phi(x)
+    density = tf.exp(-0.5 * tf.square(x32)) * _INV_SQRT_2PI  # phi(x)
+    # x * Phi(x) is tf.nn.gelu(approximate=False); d/dx = Phi(x) + x * phi(x).
+    return tf.cast(x32 * cdf, x.dtype), tf.cast(cdf + x32 * density, x.dtype)
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    import tensorflow as tf
+
+    # keras.ops.layer_normalization's float32 expression.
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    inv = tf.math.rsqrt(variance + epsilon) * gamma
+    return tf.cast(x32 * inv + (beta - mean * inv), x.dtype)
+
+
+@functools.cache
+def _compiled(function):
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True, reduce_retracing=True)
+
+
+def _gelu_float32(x):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def gelu(x):
+        # tf.nn.gelu(approximate=False)'s own expression: identical values.
+        y = 0.5 * x * tf.math.erfc(-x * _SQRT_HALF)
+
+        def grad(upstream):
+            cdf = 0.5 * tf.math.erfc(-x * _SQRT_HALF)
+            return upstream * (cdf + x * (tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI))
+
+        return y, grad
+
+    return gelu(x)
+
+
+def gelu_exact(x):
+    """Exact GELU `x * Phi(x)` for training, with a hand-written gradient.
+
+    The derivative is `Phi(x) + x * phi(x)` (Phi, phi: the standard normal
+    CDF and density). Autodiff of `tf.nn.gelu` keeps several intermediates of
+    the input's size for the backward pass (BERT's 4x-wide feed-forward
+    activations, the largest of a step); this keeps one. float32 input:
+    TensorFlow ops, keeping `x` (the backward pass recomputes `Phi`), values
+    identical to `tf.nn.gelu(x, approximate=False)`. bfloat16/float16 input:
+    one XLA kernel computes the value and the derivative in float32 and
+    rounds both to the input dtype; the backward pass multiplies the
+    incoming gradient by that saved derivative.
+
+    Args:
+        x: float tensor of any shape (float32, bfloat16 or float16).
+
+    Returns:
+        Tensor of the shape and dtype of `x`.
+    """
+    import tensorflow as tf
+
+    if x.dtype == tf.float32:
+        return _gelu_float32(x)
+
+    @tf.custom_gradient
+    def gelu(x):
+        y, derivative = _compiled(_gelu_and_derivative)(x)
+        return y, lambda upstream: upstream * derivative
+
+    return gelu(x)
+
+
+def layer_norm(layer, x):
+    """`layer(x)` in the dtype of `x` for a float32 `keras.layers.LayerNormalization`.
+
+    For a bfloat16/float16 `x`: one XLA kernel each way, computing in float32
+    (as Keras does) with the layer's own float32 `gamma`, `beta` and
+    `epsilon`, reading `x` and writing the output without separate cast
+    kernels. For a float32 `x`, or a layer that is not the plain last-axis
+    LayerNorm with scale and center (`axis=-1`, `rms_scaling=False`), the
+    layer is called.
+
+    Args:
+        layer: built `keras.layers.LayerNormalization`.
+        x: float tensor `(..., hidden_size)`.
+
+    Returns:
+        Tensor of the shape and dtype of `x`.
+    """
+    axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+    plain = (
+        x.dtype != "float32"
+        and axis in (-1, (-1,), len(x.shape) - 1, (len(x.shape) - 1,))
+        and layer.center
+        and layer.scale
+        and not layer.rms_scaling
+        and keras.backend.backend() == "tensorflow"
+    )
+    if not plain:
+        return keras.ops.cast(layer(x), x.dtype)
+    return _compiled(_layer_norm)(x, layer.gamma.value, layer.beta.value, float(layer.epsilon))
