@@ -29,7 +29,7 @@ from kbert.training import (
     init_from_checkpoint,
 )
 from kbert.training.gradients import global_norm
-from kbert.training.optimization import SGD, AdamW
+from kbert.training.optimization import SGD, AdamW, WarmupLinearDecay
 from tests.numpy_bert import randomize
 
 VOCAB, WIDTH = 5, 4
@@ -208,6 +208,41 @@ def test_adamw_second_moment_sums_repeated_ids_first():
     stock.exclude_from_weight_decay(var_names=list(NO_DECAY))
     keras_one, _ = _run_steps(tf.distribute.get_strategy(), stock, weights, [replicas])
     assert np.abs(keras_one["embeddings"][1] - expected["embeddings"][1]).max() > 1e-3
+
+
+def _numpy_adamw_steps(weights, steps, learning_rates, wd, eps, b1=0.9, b2=0.999):
+    """Keras AdamW over several steps (keras/src/optimizers/adam.py and the TensorFlow
+    backend's decoupled decay `w -= w * wd * lr`, applied before the Adam step)."""
+    w = dict(weights)
+    m = {k: np.zeros_like(x) for k, x in w.items()}
+    v = {k: np.zeros_like(x) for k, x in w.items()}
+    for t, (grads, lr) in enumerate(zip(steps, learning_rates), start=1):
+        for k in w:
+            w[k] = w[k] - w[k] * wd * lr * (k != "bias")
+            m[k] = m[k] + (grads[k] - m[k]) * (1 - b1)
+            v[k] = v[k] + (grads[k] ** 2 - v[k]) * (1 - b2)
+            alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+            w[k] = w[k] - m[k] * alpha / (np.sqrt(v[k]) + eps)
+    return w
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fused_adamw_matches_keras_adam_over_steps(replicas):
+    # kbert's AdamW runs the Adam step as ResourceApplyAdam; moments and bias correction
+    # must carry over steps as Keras' update_step does, on one device and under Mirrored.
+    weights = _variables()
+    steps = [_replica_gradients(seed) for seed in (4, 5, 6)]
+    schedule = WarmupLinearDecay(0.05, warmup_steps=1, total_steps=4)
+    lrs = [float(schedule(step)) for step in range(3)]
+    expected = _numpy_adamw_steps(weights, [_global(r) for r in steps], lrs, wd=0.1, eps=1e-6)
+    strategy = _mirrored() if replicas == 2 else tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer = AdamW(learning_rate=schedule, weight_decay=0.1, epsilon=1e-6,
+                          no_decay_names=NO_DECAY)
+    actual, optimizer = _run_steps(strategy, optimizer, weights, steps)
+    assert int(optimizer.iterations.numpy()) == 3
+    _assert_close(actual, expected, 2e-6)
+    assert _max_difference(weights, expected) > 0.05  # the updates are not negligible
 
 
 def test_lamb_matches_algorithm_2():
