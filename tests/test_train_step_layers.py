@@ -188,3 +188,26 @@ def test_block_training_under_mixed_bfloat16_is_close_to_float32():
     for plain, lowered in zip(want_gradients, got_gradients, strict=True):
         scale = max(np.abs(plain.numpy()).max(), 0.1 * largest)
         np.testing.assert_allclose(tf.cast(lowered, tf.float32), plain, atol=0.05 * scale)
+
+
+@pytest.mark.parametrize("units,use_bias", [(24, True), (5, False)])
+def test_training_dense_matches_keras_values_and_gradients(units, use_bias):
+    from kbert.layers import training_ops
+
+    rng = np.random.default_rng(4)
+    layer = keras.layers.Dense(units, use_bias=use_bias)
+    layer.build((None, 12))
+    randomize(layer)
+    x = tf.constant(rng.normal(size=(10, 12)), tf.float32)
+    upstream = tf.constant(rng.normal(size=(10, units)), tf.float32)
+    results = []
+    for call in (training_ops.dense, lambda layer, x: layer(x)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = call(layer, x)
+            loss = tf.reduce_sum(y * upstream)
+        results.append((y, *tape.gradient(loss, [x, *layer.trainable_weights])))
+    for fast, keras_autodiff in zip(*results, strict=True):
+        np.testing.assert_allclose(fast, keras_autodiff, rtol=1e-5, atol=1e-6)
+    # The input gradient is upstream @ kernel.T (NumPy).
+    np.testing.assert_allclose(results[0][1], upstream.numpy() @ layer.kernel.numpy().T, rtol=1e-5, atol=1e-5)

@@ -130,3 +130,67 @@ def layer_norm(layer, x):
     if not plain:
         return keras.ops.cast(layer(x), x.dtype)
     return _compiled(_layer_norm)(x, layer.gamma.value, layer.beta.value, float(layer.epsilon))
+
+
+def _matmul_kernel_transposed(upstream, kernel):
+    """`upstream @ kernel.T` as a plain MatMul on a transposed copy of `kernel`.
+
+    TensorFlow's graph optimizer folds a `Transpose` into the MatMul's
+    `transpose_b`; `Snapshot` (a copy) keeps the transposed operand. oneDNN's
+    `transpose_b` MatMul for the input gradient of BERT's widening Dense
+    (`(B*S, 4D) x (4D, D)`) measured 92-160 GFLOP/s on Zen 4 against 200-212
+    for the copy (1 M elements) plus a plain MatMul.
+    """
+    import tensorflow as tf
+
+    return tf.matmul(upstream, tf.raw_ops.Snapshot(input=tf.transpose(kernel)))
+
+
+def dense(layer, x):
+    """`layer(x)` for a built `keras.layers.Dense` on a 2-D float32 `x`, as a train step runs it.
+
+    The same MatMul plus bias add forward (fused by TensorFlow's remapper);
+    the backward pass computes the input gradient `dy @ kernel.T` as a plain
+    MatMul on a transposed copy of the kernel (see `_matmul_kernel_transposed`),
+    the kernel gradient `x.T @ dy` and the bias gradient as Keras' autodiff
+    does. On the float32 `bert_small` step this took the matmuls from 1816 to
+    1744 ms and all ops from 2360 to 2312 ms (TensorFlow profiler, Zen 4).
+    bfloat16 input (oneDNN's transposed bfloat16 MatMul is not slower), a
+    Dense with an activation, LoRA, quantization or a non-2-D input, or
+    another backend: the layer is called as it is.
+
+    Args:
+        layer: built `keras.layers.Dense`.
+        x: float tensor `(tokens, input_dim)` in the layer's compute dtype.
+
+    Returns:
+        Tensor `(tokens, units)` in `x`'s dtype.
+    """
+    plain = (
+        keras.backend.backend() == "tensorflow"
+        and x.dtype == "float32"
+        and len(x.shape) == 2
+        and layer.activation is keras.activations.linear
+        and not getattr(layer, "lora_enabled", False)
+        and not getattr(layer, "quantization_mode", None)
+    )
+    if not plain:
+        return layer(x)
+    import tensorflow as tf
+
+    kernel = tf.cast(layer.kernel.value, x.dtype)
+    bias = tf.cast(layer.bias.value, x.dtype) if layer.use_bias else None
+
+    @tf.custom_gradient
+    def linear(x, kernel, *bias):
+        y = tf.matmul(x, kernel)
+        if bias:
+            y = tf.nn.bias_add(y, bias[0])
+
+        def grad(upstream):
+            grads = (_matmul_kernel_transposed(upstream, kernel), tf.matmul(x, upstream, transpose_a=True))
+            return grads + ((tf.raw_ops.BiasAddGrad(out_backprop=upstream),) if bias else ())
+
+        return y, grad
+
+    return linear(x, kernel, *((bias,) if bias is not None else ()))

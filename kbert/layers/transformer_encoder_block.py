@@ -50,7 +50,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
     one XLA-compiled elementwise kernel; matmuls stay with TensorFlow's
     oneDNN kernels); the block computes on
     `(batch_size * sequence_length, hidden_size)`, so each Dense is one 2-D
-    MatMul that TensorFlow fuses with its bias add.
+    MatMul that TensorFlow fuses with its bias add, and in float32 training
+    `training_ops.dense` computes each Dense's input gradient as a plain
+    MatMul on a transposed kernel copy.
 
     Args:
         num_attention_heads: int, number of heads; must divide `hidden_size`.
@@ -202,9 +204,10 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 (-1, self.hidden_size),
             )  # [B*F, D]
             length = output_length
-        query = self._split_heads(self.query(queries), batch_size, length)  # [B, N, F, H]
-        key = self._split_heads(self.key(x), batch_size, sequence_length)  # [B, N, T, H]
-        value = self._split_heads(self.value(x), batch_size, sequence_length)  # [B, N, T, H]
+        dense = self._dense_call(training)
+        query = self._split_heads(dense(self.query, queries), batch_size, length)  # [B, N, F, H]
+        key = self._split_heads(dense(self.key, x), batch_size, sequence_length)  # [B, N, T, H]
+        value = self._split_heads(dense(self.value, x), batch_size, sequence_length)  # [B, N, T, H]
         query = ops.multiply(
             query, ops.cast(1.0 / self.head_size**0.5, query.dtype)
         )
@@ -220,7 +223,12 @@ class TransformerEncoderBlock(keras.layers.Layer):
         context = ops.reshape(
             ops.transpose(context, (0, 2, 1, 3)), (-1, self.hidden_size)
         )  # [B*F, D]
-        return self.attention_output(context)
+        return dense(self.attention_output, context)
+
+    @staticmethod
+    def _dense_call(training):
+        # In training, the input gradient is a plain MatMul (training_ops.dense); same values.
+        return training_ops.dense if training else (lambda layer, x: layer(x))
 
     def call(self, inputs, padding_mask=None, training=None, output_length=None):
         # Static sizes where known, so the output keeps its static shape.
@@ -251,7 +259,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             x = self._norm(self.output_layer_norm, x, training)
         # In training, the activation keeps less for the backward pass (same values).
         activation = self.training_activation if training else self.activation
-        x = self.output_dense(activation(self.intermediate(x)))
+        dense = self._dense_call(training)
+        x = dense(self.output_dense, activation(dense(self.intermediate, x)))
         x = residual + self.hidden_dropout(x, training=training)
         if not self.norm_first:
             x = self._norm(self.output_layer_norm, x, training)
