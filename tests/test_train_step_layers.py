@@ -59,7 +59,9 @@ def test_training_gelu_values_match_and_gradient_matches_finite_differences(name
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(tensor)
         y_lean, y_plain = lean(tensor), plain(tensor)
-    np.testing.assert_array_equal(y_lean, y_plain)
+    # BERT's erf form: 1 + erf(x / sqrt(2)) cancels for x < -4 (absolute error < 1e-6).
+    np.testing.assert_allclose(y_lean, gelu(x), atol=1e-6, rtol=2e-7)  # NumPy, float64
+    np.testing.assert_allclose(y_lean, y_plain, atol=1e-6, rtol=2e-7)
     step = 1e-6
     numeric = (gelu(x + step) - gelu(x - step)) / (2 * step)  # NumPy, float64
     np.testing.assert_allclose(tape.gradient(y_lean, tensor), numeric, atol=2e-6)
@@ -102,7 +104,7 @@ def test_training_gelu_on_bfloat16_computes_in_float32_once_rounded():
     assert y.dtype == tf.bfloat16 and gradient.dtype == tf.bfloat16
     points = x.numpy().astype(np.float64)
     # One XLA kernel in float32, each result rounded once to bfloat16 (8 significant bits).
-    np.testing.assert_allclose(y.numpy().astype(np.float64), gelu(points), rtol=2**-8, atol=1e-30)
+    np.testing.assert_allclose(y.numpy().astype(np.float64), gelu(points), rtol=2**-8, atol=1e-6)
     numeric = (gelu(points + 1e-6) - gelu(points - 1e-6)) / 2e-6
     np.testing.assert_allclose(gradient.numpy().astype(np.float64), numeric, rtol=2**-8, atol=1e-6)
 

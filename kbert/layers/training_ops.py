@@ -29,7 +29,7 @@ def _gelu_and_derivative(x):
     import tensorflow as tf
 
     x32 = tf.cast(x, tf.float32)
-    cdf = 0.5 * tf.math.erfc(-x32 * _SQRT_HALF)  # Phi(x)
+    cdf = 0.5 + 0.5 * tf.math.erf(x32 * _SQRT_HALF)  # Phi(x), BERT's erf form
     density = tf.exp(-0.5 * tf.square(x32)) * _INV_SQRT_2PI  # phi(x)
     # x * Phi(x) is tf.nn.gelu(approximate=False); d/dx = Phi(x) + x * phi(x).
     return tf.cast(x32 * cdf, x.dtype), tf.cast(cdf + x32 * density, x.dtype)
@@ -57,11 +57,12 @@ def _gelu_float32(x):
 
     @tf.custom_gradient
     def gelu(x):
-        # tf.nn.gelu(approximate=False)'s own expression: identical values.
-        y = 0.5 * x * tf.math.erfc(-x * _SQRT_HALF)
+        # google-research/bert's erf form (tf.nn.gelu uses erfc, a scalar loop in Eigen:
+        # 7.5 vs 2.5 ms on 8 M floats, Zen 4); within 2e-7 of tf.nn.gelu.
+        y = x * (0.5 + 0.5 * tf.math.erf(x * _SQRT_HALF))
 
         def grad(upstream):
-            cdf = 0.5 * tf.math.erfc(-x * _SQRT_HALF)
+            cdf = 0.5 + 0.5 * tf.math.erf(x * _SQRT_HALF)
             return upstream * (cdf + x * (tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI))
 
         return y, grad
@@ -75,9 +76,11 @@ def gelu_exact(x):
     The derivative is `Phi(x) + x * phi(x)` (Phi, phi: the standard normal
     CDF and density). Autodiff of `tf.nn.gelu` keeps several intermediates of
     the input's size for the backward pass (BERT's 4x-wide feed-forward
-    activations, the largest of a step); this keeps one. float32 input:
-    TensorFlow ops, keeping `x` (the backward pass recomputes `Phi`), values
-    identical to `tf.nn.gelu(x, approximate=False)`. bfloat16/float16 input:
+    activations, the largest of a step); this keeps one. `Phi(x)` is
+    `0.5 + 0.5 erf(x / sqrt(2))` as in google-research/bert's `gelu` (TensorFlow's
+    `erf` kernel is vectorized, its `erfc`, used by `tf.nn.gelu`, is not);
+    values are within 2e-7 of `tf.nn.gelu(x, approximate=False)`. float32 input:
+    TensorFlow ops, keeping `x` (the backward pass recomputes `Phi`). bfloat16/float16 input:
     one XLA kernel computes the value and the derivative in float32 and
     rounds both to the input dtype; the backward pass multiplies the
     incoming gradient by that saved derivative.
