@@ -141,6 +141,8 @@ def test_corpus_files_and_default_corpus_digest(tmp_path):
 def test_train_steps_20_with_default_checkpoint_every(finished_run):
     model_dir, _, output = finished_run
     assert output.count("Starting at step 0 of 20") == 1
+    # No C++ INFO lines (XLA's first-compile notice included) on the console.
+    assert "I0000" not in output and "Compiled cluster" not in output, output[-3000:]
     assert _checkpoint_steps(model_dir) == [20]
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["finished"] and summary["final_step"] == 20

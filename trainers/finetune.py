@@ -147,6 +147,7 @@ def main(argv):
             distribute.split_cpu(FLAGS.num_cpu_devices)
         strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
         worker = multi_worker.parse_tf_config() if FLAGS.strategy == "multi_worker" else None
+        runs.absorb_xla_notice(FLAGS["verbosity"].present)
     except (ValueError, RuntimeError) as e:
         _fail(f"--strategy={FLAGS.strategy}: {e}")
     chief = worker is None or worker.is_chief

@@ -418,6 +418,7 @@ def main(argv):
             distribute.split_cpu(FLAGS.num_cpu_devices)
         strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
         task = multi_worker.parse_tf_config() if FLAGS.strategy == "multi_worker" else None
+        runs.absorb_xla_notice(FLAGS["verbosity"].present)
     except runs.RunError as e:
         _fail(e)
     except (ValueError, RuntimeError) as e:

@@ -46,8 +46,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
 
     Train-step speed (same values to within float32 rounding): in training,
     dropout is `FastDropout`, the activation `training_activation(hidden_act)`
-    and the LayerNorms `training_ops.layer_norm` (under mixed precision each
-    one XLA-compiled elementwise kernel; matmuls stay with TensorFlow's
+    and the LayerNorms `training_ops.layer_norm` (each one XLA-compiled
+    elementwise kernel forward and backward; matmuls stay with TensorFlow's
     oneDNN kernels); the block computes on
     `(batch_size * sequence_length, hidden_size)`, so each Dense is one 2-D
     MatMul that TensorFlow fuses with its bias add, and in float32 training

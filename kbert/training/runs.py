@@ -28,6 +28,28 @@ def quiet_logging(verbosity_requested):
     tf.get_logger().setLevel("ERROR")
 
 
+def absorb_xla_notice(verbosity_requested):
+    """Spends XLA's once-per-process "Compiled cluster using XLA!" notice off the console.
+
+    kbert's layers run GELU and LayerNorm as XLA kernels in training
+    (`kbert.layers.training_ops`); the first compile logs that INFO line from
+    C++ through absl, past `TF_CPP_MIN_LOG_LEVEL`, in the middle of the
+    progress bar. This compiles one tiny function on the CPU with stderr sent
+    to the null device, so the line is spent there. Call it after the
+    strategy is created (a multi-worker strategy must come before any op).
+
+    Args:
+        verbosity_requested: bool, the user passed `--verbosity` (then nothing
+            is hidden).
+    """
+    if verbosity_requested:
+        return
+    import tensorflow as tf
+
+    with stderr_to_file(os.devnull), tf.device("/CPU:0"):
+        tf.function(lambda x: x + 1.0, jit_compile=True)(tf.constant(0.0))
+
+
 def progress_verbosity():
     """`model.fit` verbosity: 1 (progress bar) on a terminal, 2 (one line per epoch) otherwise."""
     return 1 if sys.stdout.isatty() else 2
