@@ -67,7 +67,7 @@ flags.DEFINE_integer("checkpoint_every", 500, "Steps between resume checkpoints 
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices (0: no split).", lower_bound=0)
 flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu.")
-flags.DEFINE_enum("mixed_precision", "none", ["auto", "none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native (TPU, GPU >= 8.0, CPU with AVX-512 BF16/AMX), else float32.")
+flags.DEFINE_enum("mixed_precision", "auto", ["auto", "none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native (TPU, GPU >= 8.0, CPU with AVX-512 BF16/AMX), else float32 (none).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("seed", 12345, "Seed for batches and the head's initialisation.")
 flags.DEFINE_bool("export", True, "Export the best model (SavedModel + TFLite) at the end.")

@@ -91,7 +91,7 @@ flags.DEFINE_float("global_clipnorm", 1.0, "Clip the replica-summed gradient to 
 flags.DEFINE_integer("gradient_accumulation_steps", 1, "Micro-batches per optimizer step; --global_batch_size is per step.", lower_bound=1)
 flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call (TPU: e.g. 100; 1 under --strategy=mirrored).", lower_bound=1)
 flags.DEFINE_string("init_checkpoint", None, "Start a new run from these weights (BERT phase 2: a phase-1 run folder or its ckpt-N, with --sequence_length=512; position embeddings kept).")
-flags.DEFINE_enum("mixed_precision", "none", ["auto", "none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native (TPU, GPU >= 8.0, CPU with AVX-512 BF16/AMX), else float32.")
+flags.DEFINE_enum("mixed_precision", "auto", ["auto", "none", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy; auto: mixed_bfloat16 where bfloat16 is native (TPU, GPU >= 8.0, CPU with AVX-512 BF16/AMX), else float32 (none). A run records the resolved policy; resuming it where auto resolves differently is refused: pass the recorded one.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_integer("eval_batches", 50, "Batches of --eval_corpus to evaluate.", lower_bound=1)
 flags.DEFINE_integer("seed", 12345, "Seed for data and initialisation.")
