@@ -188,3 +188,29 @@ def test_pretrain_checkpoint_interval_need_not_divide_train_steps(tmp_path):
     assert steps == [4, 8, 9]
     with open(model_dir / "history.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
+
+
+def test_sparse_softmax_cross_entropy_matches_numpy_and_keras_gradients():
+    from kbert.training.losses import sparse_softmax_cross_entropy
+
+    rng = np.random.default_rng(5)
+    logits = tf.constant(rng.normal(0, 3, (3, 4, 50)), tf.float32)
+    labels = tf.constant(rng.integers(0, 50, (3, 4)), tf.int32)
+    upstream = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    results = []
+    for fn in (sparse_softmax_cross_entropy,
+               lambda y, x: keras.losses.sparse_categorical_crossentropy(y, x, from_logits=True)):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = fn(labels, logits)
+            total = tf.reduce_sum(loss * upstream)
+        results.append((loss, tape.gradient(total, logits)))
+    x = logits.numpy().astype(np.float64)
+    log_sum_exp = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+    expected = log_sum_exp - np.take_along_axis(x, labels.numpy()[..., None], -1)[..., 0]
+    np.testing.assert_allclose(results[0][0], expected, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be < vocab_size"):
+        sparse_softmax_cross_entropy(tf.constant([[50]]), logits[:1, :1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be >= 0"):
+        sparse_softmax_cross_entropy(tf.constant([[-1]]), logits[:1, :1])
