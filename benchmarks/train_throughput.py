@@ -233,7 +233,7 @@ def _spawn(model_name, preset, policy, folder):
 
 def _print_table(results, peaks, configs):
     b, s, p = FLAGS.batch_size, FLAGS.sequence_length, FLAGS.num_predictions
-    print(f"\nMLM+NSP train step, batch {b} x {s}, {p} predictions, AdamW, train_on_batch, no XLA; "
+    print(f"\nMLM+NSP train step, batch {b} x {s}, {p} predictions, AdamW, train_on_batch, jit_compile={FLAGS.jit_compile}; "
           f"median of {FLAGS.steps} steps, median of {FLAGS.rounds} round(s)")
     print("| preset | policy | model | s/step | seq/s | GFLOP/s | of matmul peak | kbert speedup | "
           "vs own float32 | peak RSS MB |")
