@@ -19,6 +19,19 @@ from tests.numpy_bert import encoder_block, gelu, randomize
 from tests.test_layers import _block, _block_weights
 
 
+def _values_and_gradients(layer, x, upstream, calls):
+    """For each `call(layer, x)`: the output and the gradients of `sum(output * upstream)`
+    with respect to `x` and the layer's trainable weights."""
+    results = []
+    for call in calls:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = call(layer, x)
+            loss = tf.reduce_sum(y * upstream)
+        results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
+    return results
+
+
 def test_fast_dropout_drops_at_rate_scales_and_masks_the_gradient():
     layer = FastDropout(0.1, seed=3)
     x = tf.constant(np.random.default_rng(0).uniform(1.0, 2.0, (400, 512)), tf.float32)
@@ -93,13 +106,7 @@ def test_layer_norm_for_training_matches_keras_values_and_gradients():
     for fused, plain in zip(*results, strict=True):
         np.testing.assert_allclose(fused, plain, rtol=2**-8, atol=2**-8 * np.abs(plain.numpy()).max())
     # float32: the same XLA kernels with the hand-written backward pass, to float32 rounding.
-    float32 = []
-    for norm in (training_ops.layer_norm, lambda layer, x: layer(x)):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = norm(layer, x)
-            loss = tf.reduce_sum(y * upstream)
-        float32.append([y, *tape.gradient(loss, [x, layer.gamma, layer.beta])])
+    float32 = _values_and_gradients(layer, x, upstream, (training_ops.layer_norm, lambda layer, x: layer(x)))
     for fused, plain in zip(*float32, strict=True):
         np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5 * np.abs(plain.numpy()).max())
 
@@ -211,13 +218,7 @@ def test_training_dense_matches_keras_values_and_gradients(units, use_bias):
     randomize(layer)
     x = tf.constant(rng.normal(size=(10, 12)), tf.float32)
     upstream = tf.constant(rng.normal(size=(10, units)), tf.float32)
-    results = []
-    for call in (training_ops.dense, lambda layer, x: layer(x)):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = call(layer, x)
-            loss = tf.reduce_sum(y * upstream)
-        results.append((y, *tape.gradient(loss, [x, *layer.trainable_weights])))
+    results = _values_and_gradients(layer, x, upstream, (training_ops.dense, lambda layer, x: layer(x)))
     for fast, keras_autodiff in zip(*results, strict=True):
         np.testing.assert_allclose(fast, keras_autodiff, rtol=1e-5, atol=1e-6)
     # The input gradient is upstream @ kernel.T (NumPy).
