@@ -27,6 +27,7 @@ from kbert.data import (
     read_documents,
     split_features_for_fit,
     stream_documents,
+    tfrecord_writer,
     tfrecords,
     write_pretraining_tfrecords,
 )
@@ -191,7 +192,7 @@ def kbert_shards(folder, sentences, uncased_tokenizer):
     """kbert's writer, whole-word masking, 3 shards."""
     config = PretrainingDataConfig(sequence_length=SEQ, max_predictions_per_seq=PRED,
                                    dupe_factor=2, seed=5)
-    paths = tfrecords.shard_paths(str(folder / "kbert.tfrecord"), 3)
+    paths = tfrecord_writer.shard_paths(str(folder / "kbert.tfrecord"), 3)
     summary = write_pretraining_tfrecords(sentences, paths, uncased_tokenizer, config,
                                           whole_word_mask=True, buffer_documents=4)
     return paths, summary
@@ -353,10 +354,10 @@ def test_shards_by_file_for_several_workers(kbert_shards):
 def test_corpus_streams_as_read_documents(folder, wikitext_valid, uncased_tokenizer):
     documents = list(stream_documents(wikitext_valid, block_bytes=4096))
     assert documents == read_documents(wikitext_valid)
-    assert list(tfrecords._merged_documents(iter(documents))) == merge_short_documents(documents)
-    buffers = list(tfrecords._document_buffers(iter(range(11)), 4))
+    assert list(tfrecord_writer._merged_documents(iter(documents))) == merge_short_documents(documents)
+    buffers = list(tfrecord_writer._document_buffers(iter(range(11)), 4))
     assert buffers == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
-    assert list(tfrecords._document_buffers(iter(range(9)), 4))[-1] == [4, 5, 6, 7, 8]
+    assert list(tfrecord_writer._document_buffers(iter(range(9)), 4))[-1] == [4, 5, 6, 7, 8]
     latin1 = folder / "latin1.txt"
     latin1.write_bytes(b"One.\n\nTwo.\n" + b"caf\xe9\n")
     with pytest.raises(ValueError, match=r"latin1.txt:4: not UTF-8 \(byte 0xe9 at column 4\)"):
@@ -473,7 +474,7 @@ def test_resumed_run_on_records_equals_an_uninterrupted_one(folder, sentences, u
     import keras
 
     config = PretrainingDataConfig(sequence_length=32, max_predictions_per_seq=4, seed=1)
-    paths = tfrecords.shard_paths(str(folder / "resume.tfrecord"), 2)
+    paths = tfrecord_writer.shard_paths(str(folder / "resume.tfrecord"), 2)
     write_pretraining_tfrecords(sentences, paths, uncased_tokenizer, config)
     train = [f"--input_files={folder}/resume.tfrecord-*", f"--vocab_file={uncased_vocab}",
              "--global_batch_size=4", "--sequence_length=32", "--max_predictions_per_seq=4",

@@ -5,7 +5,7 @@ The records are google-research/bert's and tf-models-official's
 `masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`), so their
 readers and `trainers.pretrain --input_files` both read them. The corpus is
 streamed: memory holds --buffer_documents documents at a time, not the
-corpus (see `kbert.data.tfrecords.write_pretraining_tfrecords`, which also
+corpus (see `kbert.data.tfrecord_writer.write_pretraining_tfrecords`, which also
 says what that changes against google-research/bert).
 
 Input format (as google-research/bert): UTF-8 text, blank lines between
@@ -68,7 +68,7 @@ def _output_files():
     Raises:
         ValueError: the flag and the problem named.
     """
-    from kbert.data import tfrecords
+    from kbert.data import tfrecord_writer
 
     if FLAGS.num_shards > 1:
         if len(FLAGS.output_files) != 1:
@@ -76,7 +76,7 @@ def _output_files():
                 f"--num_shards={FLAGS.num_shards} takes one --output_files name; "
                 f"received {len(FLAGS.output_files)}."
             )
-        paths = tfrecords.shard_paths(FLAGS.output_files[0], FLAGS.num_shards)
+        paths = tfrecord_writer.shard_paths(FLAGS.output_files[0], FLAGS.num_shards)
     else:
         paths = list(FLAGS.output_files)
     if len(set(paths)) != len(paths):
@@ -100,7 +100,7 @@ def main(argv):
     runs.quiet_logging(FLAGS["verbosity"].present)
     from kbert import data, text
     from kbert.checkpoints import tokenizer_files
-    from kbert.data import corpus, tfrecords
+    from kbert.data import corpus, tfrecord_writer
 
     try:
         outputs = _output_files()
@@ -126,7 +126,7 @@ def main(argv):
         _fail(f"--vocab_file={FLAGS.vocab_file}: {e}")
     try:
         corpus.corpus_files(FLAGS.input_file)
-        summary = tfrecords.write_pretraining_tfrecords(
+        summary = tfrecord_writer.write_pretraining_tfrecords(
             FLAGS.input_file, outputs, tokenizer, config,
             whole_word_mask=FLAGS.do_whole_word_mask, buffer_documents=FLAGS.buffer_documents,
         )

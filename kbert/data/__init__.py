@@ -36,12 +36,11 @@ from kbert.data.tagging import (
     tagging_dataset,
     word_predictions,
 )
+from kbert.data.tfrecord_writer import stream_documents, write_pretraining_tfrecords
 from kbert.data.tfrecords import (
     check_pretraining_records,
     pretraining_tfrecord_dataset,
-    stream_documents,
     tfrecord_files,
-    write_pretraining_tfrecords,
 )
 
 __all__ = [
