@@ -27,6 +27,14 @@ def pytest_report_header(config):
     return f"kbert shared test data: {SHARED_DATA} ({found}; set KBERT_SHARED_DATA to move it)"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # `pytest -q` (the README's command) hides the header: say it at the end as well.
+    if not SHARED_DATA.exists():
+        terminalreporter.write_line(
+            f"kbert shared test data NOT FOUND at {SHARED_DATA}: the tests that need it were "
+            "skipped (set KBERT_SHARED_DATA to point at it).", yellow=True)
+
+
 def _require(path):
     if not path.exists():
         pytest.skip(f"shared test data not found: {path} (set KBERT_SHARED_DATA)")

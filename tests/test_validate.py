@@ -63,7 +63,7 @@ def test_every_artifact_passes_with_real_numbers(export_dir, encoder, uncased_to
         assert 0 < report.max_abs_diff <= 1e-5  # float32 reorderings, never exactly 0
         assert report.cosine > 0.99999
         assert report.latency_ms > 0 and report.size_bytes > 1e6
-    assert reports[1].notes[0] == "latency of serving_default"
+    assert reports[1].notes[0] == "batch-1 latency measured on signature serving_default"
     assert re.fullmatch(r"\d+ warmup requests ran \(serving_default, serving_token_ids, "
                         r"serving_token_ids_int64, serving_wordpieces\)", reports[1].notes[1])
     table = validate.format_report(reports, str(export_dir))

@@ -163,7 +163,7 @@ def validate_saved_model(path, model, tokenizer, texts=SAMPLE_TEXTS, runs=20, ex
         report.outputs.setdefault(call, {})[name] = value
     report.kind = f"SavedModel {_saved_model_kind(signatures)}"
     report.latency_ms = served.get("latency_ms")
-    report.notes.append(f"latency of {served.get('latency_signature')}")
+    report.notes.append(f"batch-1 latency measured on signature {served.get('latency_signature')}")
     expected = reference_outputs(model, features)
     ids = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("ids/")}
     if ids:
