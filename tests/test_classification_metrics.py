@@ -1,4 +1,5 @@
-"""GLUE metrics against scikit-learn and scipy.stats, and hand-computed cases."""
+"""GLUE metrics against scikit-learn and scipy.stats, and hand-computed cases; the train-step
+accuracy metric against Keras' and NumPy."""
 
 import math
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from kbert.metrics import (
+    SparseCategoricalAccuracy,
     accuracy,
     f1,
     matthews_correlation,
@@ -101,3 +103,28 @@ def test_correlations_hand_computed_and_degenerate():
     assert math.isnan(pearson_correlation([1, 2, 3], [5, 5, 5]))
     assert math.isnan(spearman_correlation([5, 5, 5], [1, 2, 3]))
 
+
+
+def test_sparse_categorical_accuracy_matches_keras_and_numpy():
+    import keras
+
+    rng = np.random.default_rng(0)
+    # Masked-LM shaped: (batch, predictions, vocab) logits, (batch, predictions) labels and
+    # weights (0 on padded predictions), two updates; ties broken toward the first index.
+    logits = [rng.normal(size=(4, 5, 50)).astype("float32") for _ in range(2)]
+    logits[1][0, 0, [3, 9]] = 99.0
+    labels = [np.argmax(x, -1) * (rng.random((4, 5)) < 0.5) for x in logits]
+    weights = [(rng.random((4, 5)) < 0.8).astype("float32") for _ in range(2)]
+    ours, theirs = SparseCategoricalAccuracy(), keras.metrics.SparseCategoricalAccuracy()
+    for x, y, w in zip(logits, labels, weights):
+        ours.update_state(y, x, sample_weight=w)
+        theirs.update_state(y, x, sample_weight=w)
+    hits = np.concatenate([(np.argmax(x, -1) == y).ravel() for x, y in zip(logits, labels)])
+    expected = np.sum(hits * np.concatenate([w.ravel() for w in weights])) / sum(w.sum() for w in weights)
+    assert 0.3 < expected < 0.7
+    np.testing.assert_allclose(float(ours.result()), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(ours.result()), float(theirs.result()), rtol=1e-6)
+    # (n, 1) labels as Keras takes them; the config round-trips.
+    column = SparseCategoricalAccuracy.from_config(SparseCategoricalAccuracy(name="acc").get_config())
+    column.update_state(np.array([[2], [0]]), np.eye(3, dtype="float32")[[2, 1]])
+    assert column.name == "acc" and float(column.result()) == 0.5

@@ -52,6 +52,24 @@ def test_fast_dropout_drops_at_rate_scales_and_masks_the_gradient():
     assert not np.array_equal(layer(x, training=True).numpy() == 0, dropped)
 
 
+def test_fast_dropout_mask_is_the_16_bit_split_of_threefry_draws():
+    # The mask, recomputed in NumPy from TensorFlow's own ThreeFry draws for the layer's seed:
+    # each uint32 gives two 16-bit integers (little-endian: low half first), an element is
+    # kept when its integer is >= round(0.1 * 65536) = 6554.
+    layer = FastDropout(0.1, seed=5)
+    x = tf.ones((6, 32, 64))
+    seed = tf.cast(layer.seed_generator.state.value, tf.int32)  # what the call's next() returns
+    dropped = layer(x, training=True).numpy() == 0
+    draws = tf.function(
+        lambda: tf.random.stateless_uniform(
+            (6, 32, 32), seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="threefry"
+        ),
+        jit_compile=True,
+    )().numpy()
+    halves = np.stack([draws & 0xFFFF, draws >> 16], axis=-1).reshape(6, 32, 64)
+    np.testing.assert_array_equal(dropped, halves < 6554)
+
+
 def test_fast_dropout_is_reproducible_and_keeps_dtype():
     x = tf.ones((8, 64))
     a = FastDropout(0.5, seed=7, dtype="mixed_bfloat16")(x, training=True)

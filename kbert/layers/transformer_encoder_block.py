@@ -13,6 +13,16 @@ from kbert.layers.fast_dropout import FastDropout
 _MASK_BIAS = -1e9
 
 
+def _matmul_transpose_b(a, b):
+    """`a @ b^T` over the last two axes; on TensorFlow one BatchMatMul with `adj_y`, so
+    the gradient needs no transpose of its own."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.matmul(a, b, transpose_b=True)
+    return ops.matmul(a, ops.swapaxes(b, -1, -2))
+
+
 def attention_bias_from_padding_mask(padding_mask):
     """Turns a padding mask into an additive float32 attention bias.
 
@@ -211,7 +221,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         query = ops.multiply(
             query, ops.cast(1.0 / self.head_size**0.5, query.dtype)
         )
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # [B, N, F, T]
+        scores = _matmul_transpose_b(query, key)  # [B, N, F, T]
         scores = ops.cast(scores, "float32")
         if attention_bias is not None:
             scores = scores + attention_bias  # bias: [B, 1, 1, T]

@@ -9,6 +9,8 @@ conlleval / seqeval's default mode.
 import keras
 from keras import ops
 
+from kbert.metrics.accuracy import argmax_last_axis
+
 _SCHEME_PREFIXES = {"IOB1": "BI", "IOB2": "BI", "IOBES": "BIES"}
 
 
@@ -177,7 +179,7 @@ class MaskedSparseCategoricalAccuracy(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "int32")
-        predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        predicted = argmax_last_axis(y_pred)
         weight = ops.cast(ops.not_equal(y_true, self.ignore_label), self.dtype)
         if sample_weight is not None:
             weight = weight * ops.cast(sample_weight, self.dtype)

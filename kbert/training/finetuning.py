@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from kbert.data.tagging import IGNORE_LABEL
+from kbert.metrics.accuracy import SparseCategoricalAccuracy
 from kbert.training.gradients import LossScaleOptimizer
 
 TASKS = ("classification", "regression", "tagging", "squad")
@@ -55,7 +56,7 @@ def compile_for_task(model, task, optimizer, jit_compile=False, steps_per_execut
     """
     if task == "classification":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        metrics = [SparseCategoricalAccuracy(name="accuracy")]
         loss_weights = None
     elif task == "regression":
         loss = keras.losses.MeanSquaredError()

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kbert.metrics.accuracy import SparseCategoricalAccuracy
 from kbert.training.gradients import LossScaleOptimizer, accumulation_pending
 from kbert.training.losses import MaskedLMLoss
 
@@ -63,10 +64,10 @@ def compile_pretrainer(model, optimizer, jit_compile=False, steps_per_execution=
         },
         weighted_metrics={
             "masked_lm_logits": [
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+                SparseCategoricalAccuracy(name="accuracy")
             ],
             "next_sentence_logits": [
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+                SparseCategoricalAccuracy(name="accuracy")
             ],
         },
         jit_compile=jit_compile,
