@@ -38,9 +38,9 @@ class FastDropout(keras.layers.Dropout):
     16-bit uniform integers and an element is kept when its integer is
     `>= round(rate * 65536)`: elements are dropped independently, with
     probability `rate` to within 2**-17 (0.1 becomes 6554/65536 = 0.100006).
-    The backward pass keeps only the boolean mask (1 byte per element) and
-    multiplies by `keep / (1 - rate)` in the gradient's dtype, without the
-    select that is emulated element by element for bfloat16. Forward on a
+    The scaled mask `keep / (1 - rate)` is made once, in the input's dtype,
+    and multiplies the input and, in the backward pass, the gradient
+    (without the select that is emulated element by element for bfloat16). Forward on a
     `(32, 8, 128, 128)` float32 input (Zen 4, 2 threads): 5.2 ms against
     8.0 ms with TensorFlow's Philox bits (4.2M uint32: ThreeFry in XLA
     3.4 ms, Philox 10.0 ms). The comparison and scaling stay TensorFlow
@@ -93,14 +93,13 @@ class FastDropout(keras.layers.Dropout):
 
 
 def _apply_mask(inputs, keep, scale):
-    """`inputs * keep * scale`; the backward pass keeps only the bool `keep` (1 byte per element)."""
+    """`inputs * keep * scale`; the backward pass multiplies by the same scaled mask."""
     import tensorflow as tf
+
+    mask = tf.cast(keep, inputs.dtype) * tf.cast(scale, inputs.dtype)
 
     @tf.custom_gradient
     def apply(x):
-        def grad(upstream):
-            return upstream * (tf.cast(keep, upstream.dtype) * tf.cast(scale, upstream.dtype))
-
-        return x * (tf.cast(keep, x.dtype) * tf.cast(scale, x.dtype)), grad
+        return x * mask, lambda upstream: upstream * tf.cast(mask, upstream.dtype)
 
     return apply(inputs)

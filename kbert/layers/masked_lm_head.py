@@ -7,6 +7,26 @@ from keras import ops
 from kbert.layers.activations import get_activation
 
 
+def _gather_positions(sequence_output, positions):
+    """Rows `sequence_output[b, positions[b, p]]` as `(B, P, D)`; negative positions count from the end.
+
+    On TensorFlow one row gather (`tf.gather` with `batch_dims=1`), whose
+    gradient is the `B * P` gathered rows: `keras.ops.take_along_axis`
+    transposes the whole `(B, S, D)` sequence output and gathers element by
+    element, forward and backward (about 5 ms of a `bert_small` train step,
+    against under 1 ms). Positions outside `[-S, S)` raise
+    `InvalidArgumentError` on CPU.
+    """
+    positions = ops.cast(positions, "int32")
+    if keras.backend.backend() != "tensorflow":
+        return ops.take_along_axis(sequence_output, ops.expand_dims(positions, -1), axis=1)
+    import tensorflow as tf
+
+    length = tf.shape(sequence_output)[1]
+    positions = tf.where(positions < 0, positions + length, positions)
+    return tf.gather(sequence_output, positions, batch_dims=1)
+
+
 def _matmul_transposed(x, matrix):
     """`x @ matrix^T` for x `(B, P, D)` and matrix `(V, D)`, as `(B, P, V)`.
 
@@ -114,11 +134,7 @@ class MaskedLMHead(keras.layers.Layer):
         self.built = True
 
     def call(self, sequence_output, masked_lm_positions):
-        positions = ops.cast(masked_lm_positions, "int32")
-        # [B, S, D] gathered at [B, P] -> [B, P, D]
-        x = ops.take_along_axis(
-            sequence_output, ops.expand_dims(positions, -1), axis=1
-        )
+        x = _gather_positions(sequence_output, masked_lm_positions)  # [B, P, D]
         x = self.activation(self.transform(x))
         x = ops.cast(self.layer_norm(x), self.compute_dtype)
         embeddings = ops.cast(self.token_embedding.embeddings, self.compute_dtype)  # [V, D]

@@ -214,13 +214,15 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 (-1, self.hidden_size),
             )  # [B*F, D]
             length = output_length
+        scale = 1.0 / self.head_size**0.5
+        if training:  # the scale applied to the query kernel and bias: a smaller tensor
+            query = training_ops.dense(self.query, queries, scale=scale)
+        else:
+            query = ops.multiply(self.query(queries), ops.cast(scale, self.compute_dtype))
         dense = self._dense_call(training)
-        query = self._split_heads(dense(self.query, queries), batch_size, length)  # [B, N, F, H]
+        query = self._split_heads(query, batch_size, length)  # [B, N, F, H]
         key = self._split_heads(dense(self.key, x), batch_size, sequence_length)  # [B, N, T, H]
         value = self._split_heads(dense(self.value, x), batch_size, sequence_length)  # [B, N, T, H]
-        query = ops.multiply(
-            query, ops.cast(1.0 / self.head_size**0.5, query.dtype)
-        )
         scores = _matmul_transpose_b(query, key)  # [B, N, F, T]
         scores = ops.cast(scores, "float32")
         if attention_bias is not None:
