@@ -279,6 +279,16 @@ def test_masked_lm_head_matches_numpy_and_ties_weights():
     h = layer_norm(h, head.layer_norm.gamma.numpy(), head.layer_norm.beta.numpy(), 1e-12)
     expected = h @ embedding.embeddings.numpy().T + head.output_bias.numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+    # A negative position counts from the end (NumPy's and Keras' take_along_axis), and the
+    # gradient reaches exactly the gathered rows, summed where a row is gathered twice.
+    length = x.shape[1]
+    np.testing.assert_allclose(head(x, positions - length).numpy(), logits, atol=1e-6)
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        total = tf.reduce_sum(head(inputs, positions))
+    touched = np.abs(tape.gradient(total, inputs).numpy()).sum(-1) > 0
+    np.testing.assert_array_equal(np.argwhere(touched), [[0, 0], [0, 3], [1, 5]])
     # Tied: changing the embedding changes the logits.
     embedding.embeddings.assign(embedding.embeddings.numpy() * 2.0)
     assert np.abs(head(x, positions).numpy() - logits).max() > 1e-3
