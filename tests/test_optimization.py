@@ -226,10 +226,16 @@ def _numpy_adamw_steps(weights, steps, learning_rates, wd, eps, b1=0.9, b2=0.999
     return w
 
 
+@pytest.mark.parametrize("xla_decay", [False, True])
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_fused_adamw_matches_keras_adam_over_steps(replicas):
+def test_fused_adamw_matches_keras_adam_over_steps(replicas, xla_decay, monkeypatch):
     # kbert's AdamW runs the Adam step as ResourceApplyAdam; moments and bias correction
     # must carry over steps as Keras' update_step does, on one device and under Mirrored.
+    # The decay of large variables is an XLA kernel: here lowered to every size.
+    from kbert.training import optimization
+
+    if xla_decay:
+        monkeypatch.setattr(optimization, "_XLA_DECAY_SIZE", 1)
     weights = _variables()
     steps = [_replica_gradients(seed) for seed in (4, 5, 6)]
     schedule = WarmupLinearDecay(0.05, warmup_steps=1, total_steps=4)
