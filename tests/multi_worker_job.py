@@ -3,13 +3,14 @@
 Run as `python -m tests.multi_worker_job --out_dir=DIR ...` with `TF_CONFIG`
 set (one process per worker), or call `train` in-process with the default
 strategy for the single-process reference. Every worker trains tiny kbert
-models (a `BertPretrainer` with `compile_pretrainer`, a `BertClassifier` with
-`compile_for_task`) on fixed global batches of dict inputs with `model.fit`,
-resumably (`WorkerCheckpoint` + `CheckpointCallback` + `fit_intervals`), and
+models (a `BertPretrainer` with `compile_pretrainer`, without and with gradient
+accumulation, and a `BertClassifier` with `compile_for_task`) on fixed global
+batches of dict inputs with `model.fit`, resumably (`WorkerCheckpoint` + `CheckpointCallback` + `fit_intervals`), and
 writes into `--out_dir`:
 
-* `<model>_worker<i>.steps`: one line `step loss` per trained step, appended
-  (a restarted worker adds its steps), the loss of that step alone;
+* `<model>_worker<i>.steps`: one line `step loss` per trained batch, appended
+  (a restarted worker adds its steps), the loss of that batch alone; `step`
+  is the optimizer's update count (it repeats under accumulation);
 * `<model>_worker<i>.npz`: the final weights;
 * `keras_bug_worker<i>.json` (with `--check_keras_bug`): what Keras did
   without kbert's fix (see `check_keras_bug`).
@@ -32,7 +33,10 @@ SEQUENCE_LENGTH = 12
 NUM_PREDICTIONS = 4
 GLOBAL_BATCH_SIZE = 8
 NUM_CLASSES = 3
-MODELS = ("pretrainer", "classifier")
+# "accumulating": the pretrainer with gradient accumulation over ACCUMULATION micro-batches
+# (each a global batch), one update per ACCUMULATION batches.
+MODELS = ("pretrainer", "classifier", "accumulating")
+ACCUMULATION = 2
 
 
 def tiny_config():
@@ -92,7 +96,11 @@ def build_model(kind, steps, seed=1):
     from kbert.training import compile_for_task, compile_pretrainer, create_adamw
 
     encoder = BertEncoder(**tiny_config())
-    optimizer = create_adamw(1e-2, steps, warmup_steps=2)
+    if kind == "accumulating":
+        optimizer = create_adamw(1e-2, steps // ACCUMULATION, warmup_steps=1,
+                                 gradient_accumulation_steps=ACCUMULATION)
+    else:
+        optimizer = create_adamw(1e-2, steps, warmup_steps=2)
     if kind == "classifier":
         model = BertClassifier(encoder, num_classes=NUM_CLASSES, dropout=0.0)
         compile_for_task(model, "classification", optimizer)
@@ -142,7 +150,7 @@ def train(kind, strategy, steps, out_dir, name, checkpoint_every, task=None, die
     """Trains model `kind` to `steps`, resuming from `out_dir/<kind>_ckpt`; returns the model.
 
     Args:
-        kind: "pretrainer" or "classifier".
+        kind: one of `MODELS`.
         strategy: the `tf.distribute` strategy.
         steps: int, the step to reach.
         out_dir: str, where the checkpoints, step log and weights go.
