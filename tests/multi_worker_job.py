@@ -13,7 +13,9 @@ writes into `--out_dir`:
   is the optimizer's update count (it repeats under accumulation);
 * `<model>_worker<i>.npz`: the final weights;
 * `keras_bug_worker<i>.json` (with `--check_keras_bug`): what Keras did
-  without kbert's fix (see `check_keras_bug`).
+  without kbert's fix (see `check_keras_bug`);
+* `records_worker<i>.json` (with `--record_files`): the records this worker
+  read from kbert's TFRecord pipeline (see `read_records`).
 """
 
 import argparse
@@ -183,6 +185,49 @@ def train(kind, strategy, steps, out_dir, name, checkpoint_every, task=None, die
     return model
 
 
+def write_records(folder, num_files, records_per_file):
+    """Writes BERT pretraining TFRecords whose first token id names the record.
+
+    Record `r` of file `f` holds `input_ids[0] = 1000 * f + r` (the rest are
+    valid features of `SEQUENCE_LENGTH` and `NUM_PREDICTIONS`). Returns the
+    list of paths.
+    """
+    from kbert.data.tfrecord_writer import serialize_example
+
+    paths = []
+    for f in range(num_files):
+        features = global_batches("pretrainer", 1, seed=f)
+        features = {k: v[:1].repeat(records_per_file, 0) for k, v in features.items()}
+        features["token_ids"][:, 0] = 1000 * f + np.arange(records_per_file)
+        paths.append(os.path.join(folder, f"records-{f:02d}.tfrecord"))
+        with tf.io.TFRecordWriter(paths[-1]) as writer:
+            for r in range(records_per_file):
+                writer.write(serialize_example(features, r))
+    return paths
+
+
+def read_records(strategy, pattern, out_dir, name):
+    """Reads `pattern` once through `pretraining_tfrecord_dataset` as `fit` would distribute it.
+
+    The dataset is built for the cluster's workers (FILE sharding when there
+    are enough files) and distributed with `strategy.experimental_distribute_dataset`,
+    as Keras' `fit` does; the first token id of every record this worker's
+    replica received is written to `records_<name>.json`, with the policy.
+    """
+    from kbert.data import pretraining_tfrecord_dataset
+
+    dataset = pretraining_tfrecord_dataset(
+        pattern, GLOBAL_BATCH_SIZE, SEQUENCE_LENGTH, NUM_PREDICTIONS, repeat=False,
+        shuffle=False, num_workers=strategy.num_replicas_in_sync)
+    policy = dataset.options().experimental_distribute.auto_shard_policy
+    seen = []
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        for local in strategy.experimental_local_results(batch["token_ids"]):
+            seen.extend(int(i) for i in local.numpy()[:, 0])
+    with open(os.path.join(out_dir, f"records_{name}.json"), "w", encoding="utf-8") as f:
+        json.dump({"policy": policy.name, "first_token_ids": seen}, f)
+
+
 def check_keras_bug(strategy, out_dir, name):
     """Meets both Keras bugs that `install_keras_fix` fixes on this worker, then installs the fix.
 
@@ -234,6 +279,8 @@ def main():
     parser.add_argument("--checkpoint_every", type=int, default=4)
     parser.add_argument("--die_at_step", type=int, default=None)
     parser.add_argument("--check_keras_bug", action="store_true")
+    parser.add_argument("--record_files", default=None,
+                        help="TFRecord glob to read once, as distributed (see read_records).")
     args = parser.parse_args()
     started = time.monotonic()
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -253,6 +300,9 @@ def main():
         train(kind, strategy, args.steps, args.out_dir, name, args.checkpoint_every, task,
               args.die_at_step)
         print(f"{time.monotonic() - started:.1f} s ({time.process_time():.1f} s CPU): {kind} trained", flush=True)
+    if args.record_files:
+        read_records(strategy, args.record_files, args.out_dir, name)
+        print(f"{time.monotonic() - started:.1f} s ({time.process_time():.1f} s CPU): records read", flush=True)
 
 
 if __name__ == "__main__":

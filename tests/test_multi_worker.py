@@ -29,6 +29,7 @@ STEPS = 12
 EVERY = 4
 DIE_AT = 6
 SESSION_SECONDS = 300
+RECORD_FILES, RECORDS_PER_FILE = 4, 8
 
 
 def _free_ports(count):
@@ -122,7 +123,10 @@ def multi_worker_run(tmp_path_factory):
         seconds["reference"] = time.monotonic() - started
         chief_code = _wait(chief, time.time() + 60, logs[0])
         seconds["worker 0 failed"] = time.monotonic() - started
-    with _workers(out, 2, [[], []]) as workers:
+    records = tmp_path_factory.mktemp("records")
+    job.write_records(str(records), RECORD_FILES, RECORDS_PER_FILE)
+    read = [f"--record_files={records}/records-*.tfrecord"]
+    with _workers(out, 2, [read, read]) as workers:
         deadline = time.time() + SESSION_SECONDS
         for i, p in enumerate(workers):
             code = _wait(p, deadline, out / f"session2_worker{i}.log")
@@ -192,6 +196,21 @@ def test_two_workers_accumulate_like_one_process(multi_worker_run):
         for name in single.files:
             np.testing.assert_allclose(weights[name], single[name], atol=1e-4)
     assert np.ptp([loss for _, loss in expected]) > 0.1
+
+
+def test_two_workers_read_disjoint_tfrecord_files(multi_worker_run):
+    # kbert's TFRecord pipeline under MultiWorkerMirroredStrategy, distributed as `fit` does:
+    # sharded by FILE, each worker reads whole files of its own, together every record once.
+    seen = []
+    for index in (0, 1):
+        with open(multi_worker_run["out"] / f"records_worker{index}.json") as f:
+            result = json.load(f)
+        assert result["policy"] == "FILE"
+        seen.append(result["first_token_ids"])
+    files = [{i // 1000 for i in ids} for ids in seen]
+    assert files[0].isdisjoint(files[1]) and len(files[0]) == len(files[1]) == RECORD_FILES // 2
+    for ids, own in zip(seen, files):  # whole files, each record once
+        assert sorted(ids) == sorted(1000 * f + r for f in own for r in range(RECORDS_PER_FILE))
 
 
 def test_killed_worker_job_restarts_from_the_chief_checkpoint(multi_worker_run):
