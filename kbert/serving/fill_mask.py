@@ -115,12 +115,7 @@ def fill_mask_outputs(pretrainer, tokenizer, packer, text, top_k):
     positions = positions.to_tensor(default_value=-1)  # (B, M)
     real = positions >= 0
     sequence_output = pretrainer.encoder(features, training=False)["sequence_output"]
-    # The head gathers with Keras' take_along_axis, which fails on an empty batch: one padding
-    # row goes in, and its logits are dropped.
-    logits = pretrainer.masked_lm_head(
-        tf.pad(sequence_output, [[0, 1], [0, 0], [0, 0]]),
-        tf.pad(tf.maximum(positions, 0), [[0, 1], [0, 0]]),
-    )[:-1]  # (B, M, V)
+    logits = pretrainer.masked_lm_head(sequence_output, tf.maximum(positions, 0))  # (B, M, V)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     best = tf.math.top_k(probabilities, k=top_k)
     return {
