@@ -128,3 +128,9 @@ def test_sparse_categorical_accuracy_matches_keras_and_numpy():
     column = SparseCategoricalAccuracy.from_config(SparseCategoricalAccuracy(name="acc").get_config())
     column.update_state(np.array([[2], [0]]), np.eye(3, dtype="float32")[[2, 1]])
     assert column.name == "acc" and float(column.result()) == 0.5
+    # Float labels compare as floats (a non-integral one matches nothing), as in Keras.
+    floats = np.array([2.0, 2.7, -0.5], "float32")
+    predicted = np.eye(3, dtype="float32")[[2, 2, 0]]
+    for metric in (SparseCategoricalAccuracy(), keras.metrics.SparseCategoricalAccuracy()):
+        metric.update_state(floats, predicted)
+        assert float(metric.result()) == pytest.approx(1 / 3)

@@ -1,5 +1,7 @@
 """Layer checks: build paths, config round trip, precision policies, XLA, masks."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -289,6 +291,13 @@ def test_masked_lm_head_matches_numpy_and_ties_weights():
         total = tf.reduce_sum(head(inputs, positions))
     touched = np.abs(tape.gradient(total, inputs).numpy()).sum(-1) > 0
     np.testing.assert_array_equal(np.argwhere(touched), [[0, 0], [0, 3], [1, 5]])
+    # Outside [-S, S) (int64 too, no wrap through int32) and non-integer positions: named errors.
+    for bad, message in ((length, ">= the sequence length"), (-length - 1, "< -(the sequence length)"),
+                         (2**32 + 1, ">= the sequence length")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+            head(x, np.array([[0, bad], [1, 1]], "int64"))
+    with pytest.raises(TypeError, match="must hold integer positions"):
+        head(x, positions.astype("float32"))
     # Tied: changing the embedding changes the logits.
     embedding.embeddings.assign(embedding.embeddings.numpy() * 2.0)
     assert np.abs(head(x, positions).numpy() - logits).max() > 1e-3

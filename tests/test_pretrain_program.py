@@ -141,6 +141,14 @@ def test_corpus_files_and_default_corpus_digest(tmp_path):
 def test_train_steps_20_with_default_checkpoint_every(finished_run):
     model_dir, _, output = finished_run
     assert output.count("Starting at step 0 of 20") == 1
+    # The policy --mixed_precision=auto resolved to on this machine is named.
+    import keras
+
+    from kbert.training import precision
+
+    resolved = precision.resolve_mixed_precision("auto")
+    expected = keras.mixed_precision.Policy(resolved).name
+    assert f"--mixed_precision=auto: {expected})." in output
     # No C++ INFO lines (XLA's first-compile notice included) on the console.
     assert "I0000" not in output and "Compiled cluster" not in output, output[-3000:]
     assert _checkpoint_steps(model_dir) == [20]
@@ -194,7 +202,7 @@ def test_resume_with_allowed_changes_keeps_summary_totals(finished_run, tmp_path
         "--num_cpu_devices=2", "--verbosity=0"))
     assert code == 0, output[-3000:]
     assert output.lower().count("starting at step") == 1  # print only, no log line too
-    assert "Starting at step 20 of 24 (--strategy=mirrored, 2 replica(s))." in output
+    assert "Starting at step 20 of 24 (--strategy=mirrored, 2 replica(s), " in output
     assert _checkpoint_steps(model_dir)[-2:] == [21, 24]
     resumed = json.loads((model_dir / "summary.json").read_text())
     assert resumed["final_step"] == 24 and resumed["finished"]

@@ -105,6 +105,27 @@ def test_warmup_linear_decay_values():
         WarmupLinearDecay(1e-3, 10, 5)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"learning_rate": float("nan")}, "peak_learning_rate=nan must be a finite number > 0"),
+    ({"gradient_accumulation_steps": 2.5}, "gradient_accumulation_steps=2.5 must be an int >= 1"),
+    ({"beta_1": 1.5}, r"beta_1=1.5 must be in \[0, 1\)"),
+    ({"weight_decay": -0.1}, "weight_decay=-0.1 must be a finite number >= 0"),
+    ({"epsilon": 0.0}, "epsilon=0.0 must be > 0"),
+])
+def test_create_optimizer_names_a_bad_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_adamw(**{"learning_rate": 1e-3, "total_steps": 100, **kwargs})
+
+
+def test_create_optimizer_defaults_for_short_runs():
+    # A 1-step run gets no warmup (its only update at the peak rate); weight_decay=None is off.
+    optimizer = create_adamw(1e-3, total_steps=1, weight_decay=None)
+    schedule = optimizer._learning_rate
+    assert (schedule.warmup_steps, float(schedule(0))) == (0, pytest.approx(1e-3))
+    assert not optimizer.weight_decay
+    assert create_adamw(1e-3, total_steps=5)._learning_rate.warmup_steps == 1
+
+
 def test_adamw_excludes_layer_norm_and_bias_from_decay():
     model = BertPretrainer(BertEncoder(**SMALL))
     optimizer = create_adamw(1e-3, total_steps=100)
@@ -152,7 +173,7 @@ def test_pretrain_resumes_after_kill(tmp_path, wikitext_valid, uncased_vocab):
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
                             check=False)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"Starting at step {killed_at} of 30 (--strategy=mirrored, 2 replica(s))." in second.stdout
+    assert f"Starting at step {killed_at} of 30 (--strategy=mirrored, 2 replica(s), " in second.stdout
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["start_step"] == killed_at and summary["final_step"] == 30
     # The killed session's time (up to its last summarised checkpoint) still counts.

@@ -497,7 +497,8 @@ def main(argv):
                   f"{source.max_position_embeddings}).", flush=True)
     print(
         f"Starting at step {start_step} of {FLAGS.train_steps} "
-        f"(--strategy={FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s)).",
+        f"(--strategy={FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s), "
+        f"--mixed_precision={FLAGS.mixed_precision}: {keras.mixed_precision.global_policy().name}).",
         flush=True,
     )
 

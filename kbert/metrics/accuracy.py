@@ -35,7 +35,9 @@ def sparse_categorical_accuracy(y_true, y_pred):
     `argmax_last_axis`.
 
     Args:
-        y_true: int (or integral float) labels `(...)` or `(..., 1)`.
+        y_true: int or float labels `(...)` or `(..., 1)` (a non-integral
+            float label matches no class, as in Keras; labels outside
+            `[0, num_classes)` count as misses).
         y_pred: logits or probabilities `(..., num_classes)`.
 
     Returns:
@@ -45,7 +47,11 @@ def sparse_categorical_accuracy(y_true, y_pred):
     y_true = ops.convert_to_tensor(y_true)
     if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
         y_true = ops.squeeze(y_true, -1)
-    matches = ops.equal(ops.cast(y_true, "int32"), argmax_last_axis(y_pred))
+    predicted = argmax_last_axis(y_pred)
+    if "float" in str(y_true.dtype):  # compared as floats, as Keras does: 2.7 matches nothing
+        matches = ops.equal(y_true, ops.cast(predicted, y_true.dtype))
+    else:
+        matches = ops.equal(ops.cast(y_true, "int32"), predicted)
     return ops.cast(matches, keras.backend.floatx())
 
 

@@ -3,6 +3,7 @@
 You et al. 2020 for LAMB), with gradient accumulation."""
 
 import functools
+import math
 
 import keras
 import tensorflow as tf
@@ -33,8 +34,10 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, peak_learning_rate, warmup_steps, total_steps, end_learning_rate=0.0):
-        if peak_learning_rate <= 0:
-            raise ValueError(f"peak_learning_rate={peak_learning_rate} must be > 0.")
+        if not (math.isfinite(peak_learning_rate) and peak_learning_rate > 0):
+            raise ValueError(f"peak_learning_rate={peak_learning_rate} must be a finite number > 0.")
+        if not (math.isfinite(end_learning_rate) and end_learning_rate >= 0):
+            raise ValueError(f"end_learning_rate={end_learning_rate} must be a finite number >= 0.")
         if not 0 <= warmup_steps < total_steps:
             raise ValueError(
                 f"Need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, "
@@ -190,8 +193,9 @@ def create_optimizer(
         learning_rate: float > 0, the peak learning rate (BERT-Base: 1e-4
             with AdamW at batch 256; LAMB at batch 64k: ~6e-3).
         total_steps: int, optimizer updates of the whole run.
-        warmup_steps: int, defaults to 10% of `total_steps`.
-        weight_decay: float >= 0 (0 turns it off), decoupled.
+        warmup_steps: int, defaults to 10% of `total_steps` (at least 1,
+            and 0 for a 1-step run).
+        weight_decay: float >= 0 (0 or None turns it off), decoupled.
         global_clipnorm: float > 0, or None for no clipping (BERT: 1.0).
         gradient_accumulation_steps: int >= 1; the update averages the
             gradients of this many micro-batches. The mean of micro-batch
@@ -206,21 +210,31 @@ def create_optimizer(
 
     Raises:
         ValueError: unknown `name` (the known ones listed), `total_steps`
-            missing, `gradient_accumulation_steps` < 1, `weight_decay` < 0,
-            `global_clipnorm` <= 0, or a bad schedule (see `WarmupLinearDecay`).
+            missing, `gradient_accumulation_steps` not an int >= 1,
+            `weight_decay` < 0 or not finite, `beta_1`/`beta_2` outside
+            [0, 1), `epsilon` <= 0, `global_clipnorm` <= 0, or a bad schedule
+            (a learning rate that is not finite and > 0; see `WarmupLinearDecay`).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}.")
     if total_steps is None:
         raise ValueError("total_steps (optimizer updates of the whole run) is required.")
-    if gradient_accumulation_steps < 1:
+    if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
+            or gradient_accumulation_steps < 1:
         raise ValueError(
-            f"gradient_accumulation_steps={gradient_accumulation_steps} must be >= 1."
+            f"gradient_accumulation_steps={gradient_accumulation_steps!r} must be an int >= 1."
         )
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay} must be >= 0.")
-    if warmup_steps is None:
-        warmup_steps = max(1, total_steps // 10)
+    if weight_decay is None:
+        weight_decay = 0.0
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay={weight_decay} must be a finite number >= 0.")
+    for arg, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{arg}={value} must be in [0, 1).")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon={epsilon} must be > 0.")
+    if warmup_steps is None:  # 10%, at least 1 step where the run has 2 or more
+        warmup_steps = min(max(1, total_steps // 10), total_steps - 1)
     return OPTIMIZERS[name](
         learning_rate=WarmupLinearDecay(
             learning_rate, warmup_steps, total_steps, end_learning_rate
