@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from kbert.models.input_checks import INPUT_NAMES
 
+# The raw-text signature of text SavedModels (TF Serving's default key).
+TEXT_SIGNATURE = "serving_default"
 TOKEN_IDS_SIGNATURE = "serving_token_ids"
 # The same signature for int64 ids (what NumPy and many gRPC clients produce).
 TOKEN_IDS_INT64_SIGNATURE = "serving_token_ids_int64"

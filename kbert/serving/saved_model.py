@@ -1,34 +1,43 @@
 """SavedModel export for TF Serving: raw-text and token-id signatures.
 
-Shared by every SavedModel/TFLite writer in `kbert.serving`:
+Shared by every SavedModel/TFLite writer in `kbert.serving` (some re-exported
+here from the modules that hold them):
   * `check_export_target` validates before anything is written;
-  * `new_export_archive` builds a `keras.export.ExportArchive` that stores
-    each weight once;
-  * `add_token_ids_endpoints` adds the token-id signatures (int32 and
-    int64), whose requests are checked in the graph (`check_token_ids_batch`),
-    as text signatures are (`text_input_specs`, `check_text_batch`);
-  * `write_archive` / `atomic_output` write into a temporary sibling and
-    rename it into place, so a failure leaves nothing at the target;
-    `write_archive` also writes the TF Serving warmup file
-    (`kbert.serving.warmup`) into the folder before it is published;
+  * `new_export_archive`, `write_archive`, `atomic_output`
+    (`kbert.serving.archive`): an export archive that stores each weight
+    once, written into a temporary sibling renamed into place with its TF
+    Serving warmup file, so a failure leaves nothing at the target;
+  * `add_token_ids_endpoints` (`kbert.serving.request_checks`) adds the
+    token-id signatures (int32 and int64), whose requests are checked in the
+    graph (`check_token_ids_batch`), as text signatures are
+    (`text_input_specs`, `check_text_batch`);
+  * `run_requests_in_fresh_process`, `compare_outputs`,
+    `ExportVerificationError` (`kbert.serving.fresh_process`): an export run
+    as TF Serving loads it and compared with the Keras model;
   * text signatures say when a text was cut to the packed length
     (`num_wordpieces`, `truncated`).
 """
 
-import contextlib
 import numbers
 import os
-import pickle
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kbert.serving.archive import (  # noqa: F401  (re-exported for the exporters)
+    atomic_output,
+    new_export_archive,
+    write_archive,
+)
+from kbert.serving.fresh_process import (  # noqa: F401  (re-exported for the exporters)
+    ExportVerificationError,
+    compare_outputs,
+    run_requests_in_fresh_process,
+    run_saved_model_in_fresh_process,
+)
 from kbert.serving.request_checks import (  # noqa: F401  (re-exported for the exporters)
+    TEXT_SIGNATURE,
     TOKEN_IDS_INT64_SIGNATURE,
     TOKEN_IDS_SIGNATURE,
     add_token_ids_endpoints,
@@ -37,20 +46,14 @@ from kbert.serving.request_checks import (  # noqa: F401  (re-exported for the e
     text_input_specs,
     token_ids_input_specs,
 )
-from kbert.serving.warmup import write_warmup_requests
 from kbert.text.bert_packer import BertPacker, min_sequence_length
 from kbert.text.vocabulary import load_vocabulary
 
-TEXT_SIGNATURE = "serving_default"
 WORDPIECES_SIGNATURE = "serving_wordpieces"
 # Sample inputs of the warmup files (`kbert.serving.warmup`): a sentence and an empty string;
 # second segments (text pairs, QA contexts) for two-input signatures.
 WARMUP_TEXTS = ("The quick brown fox jumps over the lazy dog.", "")
 WARMUP_SECOND_TEXTS = ("Who jumps over the lazy dog?", "")
-
-
-class ExportVerificationError(RuntimeError):
-    """An exported artifact disagrees with the Keras model it came from."""
 
 
 class _VocabularyTable(tf.Module):
@@ -121,99 +124,6 @@ def check_export_target(model, sequence_length, version, path):
         raise ValueError(f"version={version!r} must be an int >= 1.")
     if os.path.exists(path):
         raise ValueError(f"{path} exists; export to a new version or remove it.")
-
-
-def new_export_archive(*resources):
-    """A `keras.export.ExportArchive` that will store each weight once.
-
-    `ExportArchive.track(model)` lists the model's Keras variables, and
-    `write_out` lists again the `tf.Variable`s the endpoints capture (the
-    same weights, other Python objects): the SavedModel then held every
-    weight twice (`variables/*` and `_all_variables/*`, 182 MB for
-    all-MiniLM-L6-v2's 91 MB). The endpoints' variables are saved without
-    tracking, so only resources that hold no variables (tokenizer and packer
-    layers, `tf.Module`s with lookup tables) are tracked here; models passed
-    in are skipped.
-
-    Args:
-        *resources: Keras layers/models and TensorFlow trackables the
-            endpoints use.
-
-    Returns:
-        `keras.export.ExportArchive`.
-    """
-    archive = keras.export.ExportArchive()
-    for resource in resources:
-        if not list(getattr(resource, "variables", ())):
-            archive.track(resource)
-    return archive
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yields a temporary sibling of `path` to write; renames it to `path` on success.
-
-    On any error inside the block the temporary file or folder is removed and
-    nothing appears at `path`, so a reader (TF Serving polls its base folder
-    for versions) never sees a half-written export. The temporary name
-    starts with "." and is not a number, which TF Serving ignores.
-
-    Args:
-        path: str, the file or folder to create; its parent folder is
-            created if missing. A folder target must not exist; a file target
-            is replaced.
-
-    Yields:
-        str, the temporary path (absent: create it as a file or folder).
-
-    Raises:
-        FileExistsError: a folder appeared at `path` while writing.
-    """
-    path = os.path.abspath(path)
-    parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    target = os.path.join(temporary, name)
-    try:
-        yield target
-        if os.path.isdir(target):
-            if os.path.exists(path):
-                raise FileExistsError(f"{path} appeared while the export was written.")
-            os.rename(target, path)
-        else:
-            os.replace(target, path)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-
-
-def write_archive(archive, path, warmup_requests):
-    """Writes `archive` as a SavedModel at `path` with its warmup file, atomically.
-
-    The SavedModel and `assets.extra/tf_serving_warmup_requests` are written
-    into a temporary sibling that is renamed to `path` only when both are
-    complete (see `atomic_output`), so TF Serving never loads a version
-    without its warmup requests.
-
-    Args:
-        archive: a `keras.export.ExportArchive` with its endpoints.
-        path: str, the SavedModel folder (must not exist).
-        warmup_requests: list of `(signature, inputs)`, at least one for
-            every signature of the archive (see
-            `kbert.serving.warmup.write_warmup_requests`).
-
-    Returns:
-        str, `path`.
-
-    Raises:
-        FileExistsError: `path` appeared while writing.
-        ValueError: warmup requests that miss a signature or do not match
-            its inputs (see `kbert.serving.warmup.check_warmup_requests`).
-        Whatever tracing or writing raises; nothing is left at `path` then.
-    """
-    with atomic_output(path) as temporary:
-        archive.write_out(temporary, verbose=False)
-        write_warmup_requests(temporary, warmup_requests)
-    return path
 
 
 def packed_sample_ids(features):
@@ -484,100 +394,6 @@ def text_packer(tokenizer, sequence_length):
     return BertPacker(sequence_length, special["cls"], special["sep"], special["pad"])
 
 
-_RELOAD_SCRIPT = r"""
-import pickle
-import sys
-import numpy as np
-import tensorflow as tf
-import tensorflow_text  # registers the tokenizer ops the SavedModel uses
-path, requests_file, out = sys.argv[1:4]
-with open(requests_file, "rb") as f:
-    requests = pickle.load(f)
-loaded = tf.saved_model.load(path)
-decode = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[str])
-arrays = {}
-for i, (signature, inputs) in enumerate(requests):
-    function = loaded.signatures[signature]
-    specs = function.structured_input_signature[1]
-    # (an empty array's dtype is NumPy's float64 default: its list converts to any dtype)
-    result = function(**{k: tf.constant(v.tolist() if v.size == 0 else v, specs[k].dtype)
-                         for k, v in inputs.items()})
-    for k, v in result.items():
-        value = v.numpy()
-        if v.dtype == tf.string:
-            value = decode(value) if value.size else value.astype(str)
-        arrays[f"{i}/{k}"] = value
-np.savez(out, **arrays)
-"""
-
-
-def run_requests_in_fresh_process(path, requests):
-    """Loads the SavedModel at `path` in a new Python process and runs requests on it.
-
-    This is how TF Serving sees the folder: nothing of the exporting process
-    (its Python objects, the original vocabulary file) is available. One
-    process (one TensorFlow start-up) serves all `requests`.
-
-    Args:
-        path: str, the SavedModel folder.
-        requests: list of `(signature, inputs)`: a signature key and a dict
-            input name -> nested lists or arrays (str, bytes (any bytes, also
-            invalid UTF-8) or numbers, cast to the signature's dtypes).
-
-    Returns:
-        list (one per request) of dicts of NumPy arrays, the signature's
-        outputs (strings decoded from UTF-8).
-
-    Raises:
-        ExportVerificationError: the process failed (its stderr is included).
-    """
-    requests = [(signature, {k: np.asarray(v) for k, v in inputs.items()})
-                for signature, inputs in requests]
-    with tempfile.TemporaryDirectory() as tmp:
-        requests_file = os.path.join(tmp, "requests.pkl")
-        out = os.path.join(tmp, "out.npz")
-        with open(requests_file, "wb") as f:
-            pickle.dump(requests, f)
-        proc = subprocess.run(
-            [sys.executable, "-c", _RELOAD_SCRIPT, path, requests_file, out],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode:
-            raise ExportVerificationError(
-                f"Loading {path} in a fresh process failed:\n{proc.stderr[-4000:]}"
-            )
-        results = [{} for _ in requests]
-        with np.load(out) as arrays:
-            for key in arrays.files:
-                index, name = key.split("/", 1)
-                results[int(index)][name] = arrays[key]
-        return results
-
-
-def run_saved_model_in_fresh_process(path, inputs, signature=TEXT_SIGNATURE):
-    """Loads the SavedModel at `path` in a new Python process and runs one signature.
-
-    See `run_requests_in_fresh_process` (one request).
-
-    Args:
-        path: str, the SavedModel folder.
-        inputs: a list of str (the `text` input), or a dict input name ->
-            nested lists (strings or numbers, cast to the signature's dtypes).
-        signature: str, the signature key.
-
-    Returns:
-        dict of numpy arrays, the signature's outputs (strings decoded from UTF-8).
-
-    Raises:
-        ExportVerificationError: the process failed (its stderr is included).
-    """
-    if not isinstance(inputs, dict):
-        inputs = {"text": list(inputs)}
-    return run_requests_in_fresh_process(path, [(signature, inputs)])[0]
-
-
 def verify_saved_model(path, encoder, tokenizer, texts, sequence_length=128, atol=1e-4):
     """Checks a SavedModel from `export_saved_model` against the Keras model.
 
@@ -599,30 +415,3 @@ def verify_saved_model(path, encoder, tokenizer, texts, sequence_length=128, ato
     }
     actual = run_saved_model_in_fresh_process(path, texts)
     return compare_outputs(actual, expected, features["padding_mask"], atol, f"SavedModel {path}")
-
-
-def compare_outputs(actual, expected, padding_mask, atol, what):
-    """Largest abs difference of `pooled_output` and real-token `sequence_output`.
-
-    Args:
-        actual, expected: dicts of float arrays with both outputs.
-        padding_mask: `(batch, length)` array; padded rows are not compared.
-        atol: float, the largest allowed difference.
-        what: str naming the artifact in the error.
-
-    Raises:
-        ExportVerificationError: a difference above `atol` (or NaN).
-    """
-    mask = np.asarray(padding_mask).astype(bool)
-    diffs = {
-        "pooled_output": float(np.abs(actual["pooled_output"] - expected["pooled_output"]).max()),
-        "sequence_output": float(
-            np.abs(actual["sequence_output"][mask] - expected["sequence_output"][mask]).max()
-        ),
-    }
-    worst = max(diffs.values())
-    if not worst <= atol:
-        raise ExportVerificationError(
-            f"{what} differs from the Keras model: max abs differences {diffs} exceed atol={atol}."
-        )
-    return worst

@@ -50,7 +50,7 @@ import os
 
 import numpy as np
 
-from kbert.serving.saved_model import atomic_output
+from kbert.serving.archive import atomic_output
 from kbert.serving.task_metadata import (  # noqa: F401 (re-exported)
     INPUT_NAMES,
     LABELS_FILE,
@@ -311,7 +311,7 @@ def verify_task_classifier(path, model, tokenizer, texts, atol=1e-4, normalize=F
     """
     import tensorflow as tf
 
-    from kbert.serving.saved_model import ExportVerificationError
+    from kbert.serving.fresh_process import ExportVerificationError
     from kbert.text import BertTextPreprocessor
 
     info = read_task_metadata(path)

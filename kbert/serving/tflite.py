@@ -132,7 +132,7 @@ def convert_to_tflite(model, function, input_signature, signature, path, recipe=
     with the settings of `recipe` (`kbert.serving.tflite_recipes`), so the
     file runs on the stock TFLite runtime without Flex ops. The recipe and
     the representative data are checked before anything is traced. The file
-    is written atomically (`kbert.serving.saved_model.atomic_output`).
+    is written atomically (`kbert.serving.archive.atomic_output`).
 
     Args:
         model: the Keras model whose variables `function` reads (saved

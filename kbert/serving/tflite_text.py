@@ -90,7 +90,7 @@ def export_text_tflite(model, tokenizer, path, sequence_length=128, num_segments
     Ops: TFLite builtins plus the custom ops in `CUSTOM_OPS` (no Flex); the
     file is loaded with those kernels registered before it is written, so a
     file that needs any other op is never written. Written atomically
-    (`kbert.serving.saved_model.atomic_output`).
+    (`kbert.serving.archive.atomic_output`).
 
     Args:
         model: `kbert.models.BertEncoder` or `kbert.models.BertClassifier`

@@ -13,7 +13,7 @@ A request that fails makes TF Serving refuse the whole version, so
 one request for every signature.
 
 To replay a file as TF Serving does, read it with `read_warmup_requests` and
-run the requests with `kbert.serving.saved_model.run_requests_in_fresh_process`
+run the requests with `kbert.serving.fresh_process.run_requests_in_fresh_process`
 (a process that has only the folder); `python -m export.validate` does it for
 any export.
 """
@@ -141,7 +141,7 @@ def write_warmup_requests(saved_model_dir, requests, model_name=None):
     """Writes `DIR/assets.extra/tf_serving_warmup_requests` for a written SavedModel.
 
     Call it on the folder before it is published (kbert's exporters call it
-    inside `kbert.serving.saved_model.write_archive`, on the temporary folder
+    inside `kbert.serving.archive.write_archive`, on the temporary folder
     that is renamed into place), so TF Serving never sees a version without
     its warmup file.
 
