@@ -250,6 +250,18 @@ def test_bert_embeddings_matches_numpy():
         layer.layer_norm.gamma.numpy(), layer.layer_norm.beta.numpy(), 1e-12,
     )
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    # Training (segment vectors by a one-hot MatMul): the same values, and the
+    # segment table's gradient equals autodiff of the lookup's.
+    upstream = tf.constant(np.random.default_rng(0).normal(size=out.shape), tf.float32)
+    grads = []
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            y = layer(ids, seg, training=training)
+            loss = tf.reduce_sum(y * upstream)
+        np.testing.assert_allclose(y.numpy(), expected, atol=1e-5)
+        grads.append(tf.convert_to_tensor(tape.gradient(loss, layer.segment_embedding.embeddings)).numpy())
+    assert np.abs(grads[1]).min() > 0
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     clone = BertEmbeddings.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
 

@@ -127,6 +127,16 @@ def test_layer_norm_for_training_matches_keras_values_and_gradients():
     float32 = _values_and_gradients(layer, x, upstream, (training_ops.layer_norm, lambda layer, x: layer(x)))
     for fused, plain in zip(*float32, strict=True):
         np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5 * np.abs(plain.numpy()).max())
+    # A 3-D input and a width whose 1/width is inexact (the row means are dot products).
+    wide = keras.layers.LayerNormalization(epsilon=1e-6)
+    wide.build((None, None, 24))
+    randomize(wide)
+    x3 = tf.constant(-5.0 + 3.0 * rng.normal(size=(3, 7, 24)), tf.float32)
+    upstream3 = tf.constant(rng.normal(size=(3, 7, 24)), tf.float32)
+    float32 = _values_and_gradients(wide, x3, upstream3, (training_ops.layer_norm, lambda layer, x: layer(x)))
+    assert float32[0][0].shape == (3, 7, 24)
+    for fused, plain in zip(*float32, strict=True):
+        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5 * np.abs(plain.numpy()).max())
 
 
 def test_training_gelu_on_bfloat16_computes_in_float32_once_rounded():

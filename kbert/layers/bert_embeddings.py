@@ -137,13 +137,35 @@ class BertEmbeddings(keras.layers.Layer):
         token_ids = self._check_ids(token_ids, self.vocab_size, "token_ids")
         segment_ids = self._check_ids(segment_ids, self.type_vocab_size, "segment_ids")
         tokens = self.token_embedding(token_ids)
-        x = tokens + self.segment_embedding(segment_ids)
+        x = tokens + self._segment_vectors(segment_ids, training)
         x = x + self.position_embedding(tokens)
         if training:  # the same float32 LayerNorm; one XLA kernel under mixed precision
             x = training_ops.layer_norm(self.layer_norm, x)
         else:
             x = ops.cast(self.layer_norm(x), self.compute_dtype)
         return self.dropout(x, training=training)
+
+    def _segment_vectors(self, segment_ids, training):
+        # In training, a one-hot MatMul (google-research/bert's
+        # `embedding_postprocessor` does the same for this small table): its
+        # gradient is a (type_vocab_size, tokens) x (tokens, hidden) MatMul, where
+        # a lookup's is a segment sum over every token (1.3 vs 0.4 ms forward
+        # plus backward for 4096 tokens, width 512, Zen 4). Same values.
+        table = self.segment_embedding
+        if (
+            not training
+            or keras.backend.backend() != "tensorflow"
+            or self.type_vocab_size > 16
+            or getattr(table, "lora_enabled", False)
+            or getattr(table, "quantization_mode", None)
+        ):
+            return table(segment_ids)
+        import tensorflow as tf
+
+        ids = tf.convert_to_tensor(segment_ids)
+        one_hot = tf.one_hot(tf.reshape(ids, [-1]), self.type_vocab_size, dtype=self.compute_dtype)
+        vectors = tf.matmul(one_hot, tf.cast(table.embeddings, self.compute_dtype))
+        return tf.reshape(vectors, tf.concat([tf.shape(ids), [self.hidden_size]], 0))
 
     def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):
         return tuple(token_ids_shape) + (self.hidden_size,)
