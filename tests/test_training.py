@@ -231,6 +231,9 @@ def test_sparse_softmax_cross_entropy_matches_numpy_and_keras_gradients():
     expected = log_sum_exp - np.take_along_axis(x, labels.numpy()[..., None], -1)[..., 0]
     np.testing.assert_allclose(results[0][0], expected, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    # Logits far beyond exp's float32 range: softmax is shift-invariant, so the same losses.
+    shifted = sparse_softmax_cross_entropy(labels, logits + 1000.0)
+    np.testing.assert_allclose(shifted, expected, rtol=1e-4, atol=1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be < vocab_size"):
         sparse_softmax_cross_entropy(tf.constant([[50]]), logits[:1, :1])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be >= 0"):
