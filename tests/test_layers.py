@@ -250,6 +250,8 @@ def test_bert_embeddings_matches_numpy():
         layer.layer_norm.gamma.numpy(), layer.layer_norm.beta.numpy(), 1e-12,
     )
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    # Boolean segment ids are ids 0 and 1.
+    np.testing.assert_allclose(layer(ids, seg.astype(bool)).numpy(), expected, atol=1e-5)
     # Training (segment vectors by a one-hot MatMul): the same values, and the
     # segment table's gradient equals autodiff of the lookup's.
     upstream = tf.constant(np.random.default_rng(0).normal(size=out.shape), tf.float32)

@@ -115,6 +115,8 @@ class BertEmbeddings(keras.layers.Layer):
     def _check_ids(self, ids, limit, name):
         if not ("int" in str(ids.dtype) or "bool" in str(ids.dtype)):
             raise TypeError(f"`{name}` must hold integer ids; received dtype {ids.dtype}.")
+        if "bool" in str(ids.dtype):  # False/True are ids 0 and 1
+            ids = ops.cast(ids, "int32")
         if keras.backend.backend() != "tensorflow":
             return ids
         import tensorflow as tf
