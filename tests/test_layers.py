@@ -250,8 +250,18 @@ def test_bert_embeddings_matches_numpy():
         layer.layer_norm.gamma.numpy(), layer.layer_norm.beta.numpy(), 1e-12,
     )
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    # Boolean segment ids are ids 0 and 1.
-    np.testing.assert_allclose(layer(ids, seg.astype(bool)).numpy(), expected, atol=1e-5)
+    # Boolean and narrow integer ids are the same ids, in training too (one-hot path).
+    for dtype in (bool, "int8", "int16", "uint8", "uint16", "uint32"):
+        for training in (False, True):
+            np.testing.assert_allclose(layer(ids.astype("uint8" if dtype is bool else dtype),
+                                             seg.astype(dtype), training=training).numpy(),
+                                       expected, atol=1e-5)
+    # Segment ids whose shape differs from the token ids' are refused, not broadcast.
+    with pytest.raises(ValueError, match=r"same shape .* received \(1, 4\) and \(1, 1\)"):
+        layer(ids, seg[:, :1])
+    dynamic = tf.function(layer, input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have the same shape"):
+        dynamic(tf.constant(ids), tf.constant([[0], [1]], tf.int32))
     # Training (segment vectors by a one-hot MatMul): the same values, and the
     # segment table's gradient equals autodiff of the lookup's.
     upstream = tf.constant(np.random.default_rng(0).normal(size=out.shape), tf.float32)
@@ -266,6 +276,16 @@ def test_bert_embeddings_matches_numpy():
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     clone = BertEmbeddings.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+def test_bert_embeddings_range_check_fits_narrow_id_dtypes():
+    # A limit above the dtype's range (300 for uint8) must not wrap: 200 is a valid id.
+    layer = BertEmbeddings(vocab_size=300, hidden_size=D, hidden_dropout_prob=0.0)
+    ids = np.array([[1, 2, 50, 200]], "uint8")
+    seg = np.zeros((1, 4), "uint8")
+    np.testing.assert_allclose(layer(ids, seg).numpy(), layer(ids.astype("int32"), seg.astype("int32")).numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds an id >= 2"):
+        layer(ids, np.full((1, 4), 2, "uint8"))
 
 
 @pytest.mark.parametrize("policy", POLICIES)

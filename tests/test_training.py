@@ -234,6 +234,14 @@ def test_sparse_softmax_cross_entropy_matches_numpy_and_keras_gradients():
     # Logits far beyond exp's float32 range: softmax is shift-invariant, so the same losses.
     shifted = sparse_softmax_cross_entropy(labels, logits + 1000.0)
     np.testing.assert_allclose(shifted, expected, rtol=1e-4, atol=1e-3)
+    # Keras' (..., 1) labels are the same labels; other shapes are refused, naming both.
+    np.testing.assert_allclose(sparse_softmax_cross_entropy(labels[..., None], logits), results[0][0])
+    with pytest.raises(ValueError, match=r"received labels \(2,\) and logits \(3, 4, 50\)"):
+        sparse_softmax_cross_entropy(labels[:2, 0], logits)
+    dynamic = tf.function(sparse_softmax_cross_entropy, input_signature=[
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 50], tf.float32)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have the shape of `logits`"):
+        dynamic(labels[:2, 0], logits[0])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be < vocab_size"):
         sparse_softmax_cross_entropy(tf.constant([[50]]), logits[:1, :1])
     with pytest.raises(tf.errors.InvalidArgumentError, match="must be >= 0"):

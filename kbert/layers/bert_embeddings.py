@@ -42,8 +42,10 @@ class BertEmbeddings(keras.layers.Layer):
         Tensor `(batch_size, sequence_length, hidden_size)` in the compute dtype.
 
     Raises:
-        ValueError: a non-positive size, or a static sequence length above
-            `max_position_embeddings` (see `PositionEmbedding`).
+        ValueError: a non-positive size, a static sequence length above
+            `max_position_embeddings` (see `PositionEmbedding`), or
+            `token_ids` and `segment_ids` of different static shapes
+            (`InvalidArgumentError` when known only at run time).
         TypeError: ids of a floating dtype.
         tf.errors.InvalidArgumentError: an id outside `[0, vocab_size)` or
             `[0, type_vocab_size)` (TensorFlow backend, not under XLA).
@@ -115,8 +117,13 @@ class BertEmbeddings(keras.layers.Layer):
     def _check_ids(self, ids, limit, name):
         if not ("int" in str(ids.dtype) or "bool" in str(ids.dtype)):
             raise TypeError(f"`{name}` must hold integer ids; received dtype {ids.dtype}.")
-        if "bool" in str(ids.dtype):  # False/True are ids 0 and 1
+        dtype = keras.backend.standardize_dtype(ids.dtype)
+        if dtype in ("bool", "int8", "int16", "uint8", "uint16"):
+            # Widened so the range check's limit fits the dtype (a uint8 limit of
+            # 300 would wrap) and every lookup takes them; bool ids are 0 and 1.
             ids = ops.cast(ids, "int32")
+        elif dtype == "uint32":
+            ids = ops.cast(ids, "int64")
         if keras.backend.backend() != "tensorflow":
             return ids
         import tensorflow as tf
@@ -135,9 +142,31 @@ class BertEmbeddings(keras.layers.Layer):
         with tf.control_dependencies(checks):
             return tf.identity(ids)
 
+    def _check_same_shape(self, token_ids, segment_ids):
+        # Without this, segment ids of shape (B, 1) or (S,) would broadcast silently.
+        static = tuple(token_ids.shape), tuple(segment_ids.shape)
+        if len(static[0]) != len(static[1]) or any(
+            a is not None and b is not None and a != b for a, b in zip(*static)
+        ):
+            raise ValueError(
+                "`token_ids` and `segment_ids` must have the same shape (batch_size, "
+                f"sequence_length); received {static[0]} and {static[1]}."
+            )
+        if keras.backend.backend() != "tensorflow" or None not in static[0] + static[1]:
+            return segment_ids
+        import tensorflow as tf
+
+        check = tf.debugging.assert_equal(
+            tf.shape(token_ids), tf.shape(segment_ids),
+            message="`token_ids` and `segment_ids` must have the same shape (batch_size, sequence_length)",
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(segment_ids)
+
     def call(self, token_ids, segment_ids, training=None):
         token_ids = self._check_ids(token_ids, self.vocab_size, "token_ids")
         segment_ids = self._check_ids(segment_ids, self.type_vocab_size, "segment_ids")
+        segment_ids = self._check_same_shape(token_ids, segment_ids)
         tokens = self.token_embedding(token_ids)
         x = tokens + self._segment_vectors(segment_ids, training)
         x = x + self.position_embedding(tokens)

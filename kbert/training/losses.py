@@ -40,22 +40,40 @@ def sparse_softmax_cross_entropy(labels, logits):
     2 threads).
 
     Args:
-        labels: int tensor `(...)`, class ids in `[0, vocab_size)`.
+        labels: int tensor `(...)` (or `(..., 1)`, as Keras takes), class ids
+            in `[0, vocab_size)`.
         logits: float tensor `(..., vocab_size)`; computed in float32.
 
     Returns:
         float32 tensor `(...)`.
 
     Raises:
+        ValueError: `labels` whose static shape is not that of `logits`
+            without its last axis (both shapes named; an
+            `InvalidArgumentError` when known only at run time).
         tf.errors.InvalidArgumentError: a label outside `[0, vocab_size)`
             (named with the limit; under `jit_compile` XLA drops the check).
     """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
+    if labels.shape.rank is not None and logits.shape.rank is not None:
+        if labels.shape.rank == logits.shape.rank and labels.shape[-1] == 1:
+            labels = tf.squeeze(labels, -1)  # Keras' (..., 1) labels
+        if labels.shape.rank != logits.shape.rank - 1 or not labels.shape.is_compatible_with(
+            logits.shape[:-1]
+        ):
+            raise ValueError(
+                "`labels` must have the shape of `logits` without its last (class) axis; "
+                f"received labels {labels.shape} and logits {logits.shape}."
+            )
     vocab_size = tf.shape(logits)[-1]
     rows = tf.reshape(logits, [-1, vocab_size])
     flat = tf.reshape(labels, [-1])
     with tf.control_dependencies([
+        tf.debugging.assert_equal(
+            tf.shape(labels), tf.shape(logits)[:-1],
+            message="`labels` must have the shape of `logits` without its last (class) axis",
+        ),
         tf.debugging.assert_non_negative(flat, message="masked-LM label ids must be >= 0"),
         tf.debugging.assert_less(flat, vocab_size, message="masked-LM label ids must be < vocab_size"),
     ]):
